@@ -1,0 +1,137 @@
+"""Builds the Telegram application: every handler is registered here, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Awaitable
+from typing import Any
+
+from celery import Celery
+from telegram import BotCommand, Update
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    BaseUpdateProcessor,
+    CommandHandler,
+    MessageHandler,
+    filters,
+)
+
+from bot import handlers
+from bot.delivery import ReplySender
+from bot.ratelimit import RedisRateLimiter
+from bot.service import TriageService
+from skingpt.errors import ConfigError
+from skingpt.settings import Settings
+from skingpt.store import Store
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("start", "What this bot does and does not do"),
+    BotCommand("help", "How to send a photo and ask questions"),
+]
+
+
+class PerUserOrder(BaseUpdateProcessor):
+    """Handles updates concurrently, but one at a time for each (chat, user) pair.
+
+    A caption-less photo followed at once by a question must be read in that order, or the
+    question would arrive before its photo is stored.
+    """
+
+    def __init__(self, max_concurrent_updates: int) -> None:
+        super().__init__(max_concurrent_updates)
+        self._locks: dict[tuple[int, int], asyncio.Lock] = {}
+        self._waiting: Counter[tuple[int, int]] = Counter()
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        key = _pair(update)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiting[key] += 1
+        try:
+            async with lock:
+                await coroutine
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+                self._locks.pop(key, None)
+
+    async def initialize(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+
+def build_application(
+    settings: Settings, store: Store, celery: Celery
+) -> Application[Any, Any, Any, Any, Any, Any]:
+    """The bot, wired to Redis, the Celery queue and the configured Bot API server."""
+    if not settings.telegram_token:
+        raise ConfigError(
+            "SKINGPT_TELEGRAM_TOKEN is not set. Create a bot with @BotFather and put its token "
+            "in that variable."
+        )
+    service = TriageService(settings, store, celery)
+    sender = ReplySender(service)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def on_start(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        service.bind(application.bot)
+        await application.bot.set_my_commands(COMMANDS)
+        tasks.append(asyncio.create_task(sender.run(application.bot), name="reply-sender"))
+
+    async def on_stop(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        if service.typing is not None:
+            service.typing.stop_all()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    application = (
+        ApplicationBuilder()
+        .token(settings.telegram_token)
+        .base_url(settings.telegram_api_url)
+        .base_file_url(settings.telegram_file_url)
+        .rate_limiter(
+            RedisRateLimiter(
+                store.client,
+                prefix=settings.key_prefix,
+                overall_per_second=settings.global_messages_per_second,
+                chat_per_second=settings.chat_messages_per_second,
+                group_per_minute=settings.group_messages_per_minute,
+            )
+        )
+        .concurrent_updates(PerUserOrder(64))
+        .post_init(on_start)
+        .post_stop(on_stop)
+        .build()
+    )
+    application.bot_data["service"] = service
+
+    new_message = filters.UpdateType.MESSAGE
+    application.add_handler(CommandHandler("start", handlers.start))
+    application.add_handler(CommandHandler("help", handlers.help_command))
+    application.add_handler(MessageHandler(filters.UpdateType.EDITED, handlers.edited))
+    application.add_handler(MessageHandler(new_message & filters.PHOTO, handlers.photo))
+    application.add_handler(MessageHandler(new_message & filters.Document.ALL, handlers.document))
+    application.add_handler(
+        MessageHandler(new_message & filters.TEXT & ~filters.COMMAND, handlers.text)
+    )
+    application.add_handler(MessageHandler(new_message, handlers.unsupported))
+    application.add_error_handler(handlers.error)
+    return application
+
+
+def _pair(update: object) -> tuple[int, int]:
+    if isinstance(update, Update):
+        chat = update.effective_chat
+        user = update.effective_user
+        return (chat.id if chat else 0, user.id if user else 0)
+    return (0, 0)

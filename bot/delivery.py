@@ -1,0 +1,101 @@
+"""Sends finished answers: reads the outbox stream in Redis and replies in Telegram.
+
+Workers never talk to Telegram. Each answer is read from a Redis stream through a consumer
+group and acknowledged only after the message went out (or cannot ever go out), so a bot that
+stops mid-way leaves it for the next reader; a job already marked delivered is not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from telegram import Bot, ReplyParameters
+from telegram.error import BadRequest, Forbidden
+
+from bot.service import TriageService
+from skingpt.replies import Outcome, format_reply
+
+logger = logging.getLogger(__name__)
+
+STALE_AFTER_MS = 30_000
+
+
+class ReplySender:
+    """The loop that turns outbox entries into Telegram messages."""
+
+    def __init__(self, service: TriageService, *, block_ms: int = 2000) -> None:
+        self.service = service
+        self.store = service.store
+        self.block_ms = block_ms
+        self.consumer = f"bot-{socket.gethostname()}-{os.getpid()}"
+
+    async def run(self, bot: Bot) -> None:
+        """Deliver until cancelled; failures are retried with a growing pause."""
+        await asyncio.to_thread(self.store.ensure_outbox_group)
+        failures = 0
+        rounds = 0
+        while True:
+            try:
+                pending = rounds % 15 == 0 or failures > 0
+                await self._deliver_batch(bot, pending=pending)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                logger.exception("Delivering replies failed (%d in a row)", failures)
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+            rounds += 1
+
+    async def _deliver_batch(self, bot: Bot, *, pending: bool) -> None:
+        entries = []
+        if pending:
+            entries += await asyncio.to_thread(
+                self.store.read_outbox, self.consumer, block_ms=0, pending=True
+            )
+            entries += await asyncio.to_thread(
+                self.store.claim_stale_outbox, self.consumer, min_idle_ms=STALE_AFTER_MS
+            )
+        if not entries:
+            entries = await asyncio.to_thread(
+                self.store.read_outbox, self.consumer, block_ms=self.block_ms
+            )
+        for entry_id, job_id in entries:
+            await self.deliver(bot, entry_id, job_id)
+
+    async def deliver(self, bot: Bot, entry_id: str, job_id: str) -> None:
+        """Send one job's reply unless it was sent before, then pass the turn on."""
+        job = await asyncio.to_thread(self.store.load_job, job_id)
+        if job is None:
+            logger.warning("Job %s expired before its reply was sent", job_id)
+            await asyncio.to_thread(self.store.ack_outbox, entry_id)
+            return
+        if not job.delivered:
+            text = format_reply(
+                job.outcome or Outcome.FAILED,
+                job.answer,
+                model_name=job.model_name,
+                untrained=job.untrained,
+            )
+            reply_to = (
+                ReplyParameters(job.reply_to, allow_sending_without_reply=True)
+                if job.reply_to
+                else None
+            )
+            try:
+                await bot.send_message(job.chat_id, text, reply_parameters=reply_to)
+            except Forbidden:
+                logger.info("Job %s: the user blocked the bot; reply dropped", job_id)
+            except BadRequest as error:
+                logger.warning("Job %s: Telegram refused the reply: %s", job_id, error.message)
+            await asyncio.to_thread(self.store.mark_delivered, job_id)
+            logger.info("Job %s answered (%s)", job_id, job.outcome)
+        if self.service.typing is not None:
+            self.service.typing.done(job.chat_id, job_id)
+        await asyncio.to_thread(self.store.ack_outbox, entry_id)
+        next_job = await asyncio.to_thread(self.store.release_turn, job.conv, job_id)
+        if next_job is not None:
+            await self.service.dispatch(next_job)

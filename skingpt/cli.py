@@ -1,0 +1,213 @@
+"""The ``skingpt`` command: ``ask`` (offline, one process), ``bot`` and ``worker``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from skingpt.errors import ConfigError, ImageRejected, ModelUnavailable
+from skingpt.settings import Settings
+
+if TYPE_CHECKING:
+    from skingpt.store import Store
+
+logger = logging.getLogger("skingpt")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the process exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(None, **_overrides(args))
+        _configure_logging(
+            args.log_level or ("WARNING" if args.command == "ask" else settings.log_level)
+        )
+        return int(args.run(settings, args))
+    except (ConfigError, ModelUnavailable) as error:
+        print(f"skingpt {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skingpt",
+        description="Dermatology triage with SkinGPT-4. It helps; it never replaces a doctor.",
+    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default: SKINGPT_LOG_LEVEL)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask = commands.add_parser("ask", help="answer a question about a photo, in this process")
+    ask.add_argument("photo", type=Path, help="a skin photo (JPEG, PNG, ...)")
+    ask.add_argument("question", nargs="?", default=None, help="the first question")
+    ask.add_argument(
+        "--then",
+        action="append",
+        default=[],
+        metavar="QUESTION",
+        help="a follow-up question about the same photo (repeatable)",
+    )
+    _model_options(ask)
+    ask.add_argument("--seed", type=int, help="seed the sampling for a reproducible answer")
+    ask.add_argument("--max-new-tokens", type=int, help="longest answer, in tokens")
+    ask.set_defaults(run=run_ask)
+
+    bot = commands.add_parser("bot", help="run the Telegram bot (needs Redis and a token)")
+    bot.add_argument(
+        "--allow-test-model",
+        action="store_true",
+        default=None,
+        help="serve even though SKINGPT_MODEL is the untrained tiny-random model "
+        "(only for tests, never for real users)",
+    )
+    bot.set_defaults(run=run_bot)
+
+    worker = commands.add_parser("worker", help="run a Celery worker that answers queued jobs")
+    _model_options(worker)
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="worker processes, each with its own copy of the model (default 1)",
+    )
+    worker.set_defaults(run=run_worker)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="preset name (default: SKINGPT_MODEL or tiny-random)")
+    parser.add_argument("--weights", help="converted model folder (default: SKINGPT_WEIGHTS)")
+    parser.add_argument("--device", help="auto, cpu or cuda")
+    parser.add_argument("--dtype", help="auto, fp32, bf16 or fp16")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    names = ("model", "weights", "device", "dtype", "seed", "max_new_tokens", "allow_test_model")
+    return {name: getattr(args, name, None) for name in names}
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+    # httpx logs every request URL at INFO, and Bot API URLs contain the token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def run_ask(settings: Settings, args: argparse.Namespace) -> int:
+    """Load the model here, answer, print the reply with the disclaimer."""
+    from skingpt.imaging import load_image, normalise
+    from skingpt.model.modeling import load_model
+    from skingpt.pipeline import Analyzer
+    from skingpt.prompts import DEFAULT_QUESTION, Turn
+    from skingpt.replies import Outcome, format_reply
+
+    try:
+        data = args.photo.read_bytes()
+    except OSError as error:
+        print(f"skingpt ask: cannot read {args.photo}: {error.strerror}", file=sys.stderr)
+        return 2
+    try:
+        image = normalise(
+            load_image(data, max_pixels=settings.max_image_pixels),
+            max_side=settings.stored_image_side,
+        )
+    except ImageRejected as rejected:
+        print(f"skingpt ask: {rejected.user_message}", file=sys.stderr)
+        return 2
+    analyzer = Analyzer(load_model(settings), settings.generation)
+    history: list[Turn] = []
+    for question in [args.question or DEFAULT_QUESTION, *args.then]:
+        answer = analyzer.answer(image, history, question)
+        outcome = Outcome.ANSWERED if answer.text else Outcome.EMPTY
+        if len(history) or args.then:
+            print(f"> {question}\n")
+        print(
+            format_reply(
+                outcome, answer.text, model_name=answer.model_name, untrained=answer.untrained
+            )
+        )
+        print()
+        history.append(Turn(question=question, answer=answer.text))
+    return 0
+
+
+def run_bot(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve Telegram users by long polling; answers come from the workers through Redis."""
+    # Opt in to python-telegram-bot's coming timedelta durations (silences a warning per 429).
+    os.environ.setdefault("PTB_TIMEDELTA", "1")
+    from telegram import Update
+
+    from bot.app import build_application
+    from worker.app import create_celery
+
+    if settings.is_test_model and not settings.allow_test_model:
+        raise ConfigError(
+            "SKINGPT_MODEL is tiny-random, an untrained test model whose answers are noise. "
+            "Set SKINGPT_MODEL and SKINGPT_WEIGHTS to a real model, or pass --allow-test-model "
+            "if this is a test that no real user can reach."
+        )
+    store = _store(settings)
+    application = build_application(settings, store, create_celery(settings))
+    logger.info("Bot starting; model %s, Redis %s", settings.model, _redacted(settings.redis_url))
+    application.run_polling(allowed_updates=Update.ALL_TYPES)
+    return 0
+
+
+def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run Celery's prefork worker on the job queue; each child loads the model once."""
+    from skingpt.model.presets import get_preset
+    from worker.app import create_celery
+    from worker.tasks import register_tasks
+
+    if settings.weights is None:
+        get_preset(settings.model)
+    elif not Path(settings.weights).is_dir():
+        raise ConfigError(f"SKINGPT_WEIGHTS={settings.weights} is not a folder.")
+    if settings.is_test_model:
+        logger.warning("This worker runs tiny-random, an untrained test model")
+    app = create_celery(settings)
+    register_tasks(app, settings, _store(settings))
+    app.worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={args.concurrency}",
+            f"--queues={settings.queue}",
+            f"--hostname=skingpt-{os.getpid()}@%h",
+            f"--loglevel={logging.getLevelName(logging.getLogger().level)}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _store(settings: Settings) -> Store:
+    from skingpt.store import Store
+
+    return Store.from_url(
+        settings.redis_url,
+        prefix=settings.key_prefix,
+        retention_seconds=settings.retention_seconds,
+        turn_hold_seconds=settings.visibility_timeout,
+    )
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

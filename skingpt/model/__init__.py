@@ -1,0 +1,1 @@
+"""SkinGPT-4 on transformers' classes: presets, tokenizer, preprocessing and the model itself."""

@@ -1,0 +1,288 @@
+"""SkinGPT-4 composed from transformers' BLIP-2 classes.
+
+The image path is EVA ViT-g/14 (``vision_model``, whose ``post_layernorm`` plays LAVIS's
+``ln_vision``) → Q-Former with 32 learned queries → ``language_projection`` (SkinGPT-4's
+``llama_proj``) → 32 embeddings in the language model's input space. The prompt is embedded
+segment by segment around ``<ImageHere>`` and the image embeddings are spliced in between, as
+the reference ``Chat.get_context_emb`` does; the Llama model then continues the text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from skingpt import prompts
+from skingpt.errors import ConfigError, ModelUnavailable
+from skingpt.model.presets import LN_VISION_EPS, TINY_RANDOM, Preset, get_preset
+from skingpt.model.tokenizer import build_tiny_tokenizer
+from skingpt.settings import GenerationSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What one generation produced."""
+
+    text: str
+    new_tokens: int
+    seconds: float
+
+
+class SkinGPT:
+    """A loaded SkinGPT-4 model with its tokenizer, ready to answer about one image at a time.
+
+    Args:
+        model: a ``Blip2ForConditionalGeneration`` whose language model is a Llama.
+        tokenizer: the language model's tokenizer.
+        name: the preset or folder name, for logs and replies.
+        untrained: random weights; answers are noise and must be labelled so.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, untrained: bool) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.untrained = untrained
+        self.vision_encoder_runs = 0
+        _set_ln_vision_eps(model)
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = self.model.language_projection.weight.device
+        return device
+
+    @torch.inference_mode()
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Image embeddings for the language model.
+
+        Args:
+            pixel_values: (batch, 3, 224, 224) from :func:`skingpt.model.preprocess.pixel_values`.
+
+        Returns:
+            (batch, 32, text hidden size) in the language model's dtype.
+        """
+        self.vision_encoder_runs += pixel_values.shape[0]
+        vision_dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
+        pixel_values = pixel_values.to(self.device, dtype=vision_dtype)
+
+        # Vision encoder; post_layernorm is ln_vision.  (batch, 257, 1408)
+        patches = self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+
+        # Q-Former: 32 learned queries cross-attend to the patches.  (batch, 32, 768)
+        queries = self.model.query_tokens.expand(patches.shape[0], -1, -1)
+        patch_mask = torch.ones(patches.shape[:-1], dtype=torch.long, device=patches.device)
+        query_output = self.model.qformer(
+            query_embeds=queries.to(self.model.query_tokens.dtype),
+            encoder_hidden_states=patches.to(self.model.query_tokens.dtype),
+            encoder_attention_mask=patch_mask,
+        ).last_hidden_state
+
+        # Projection into the language model's embedding space.  (batch, 32, 5120)
+        projection = self.model.language_projection
+        image_embeds: torch.Tensor = projection(query_output.to(projection.weight.dtype))
+        return image_embeds.to(self._text_dtype)
+
+    def prompt_token_ids(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the image; BOS only at the start, as the reference does."""
+        before, after = prompts.split_at_image(prompt)
+        ids_before = self.tokenizer(before, add_special_tokens=False).input_ids
+        ids_after = self.tokenizer(after, add_special_tokens=False).input_ids
+        return [self.tokenizer.bos_token_id, *ids_before], list(ids_after)
+
+    def prompt_length(self, prompt: str) -> int:
+        """Positions the prompt takes in the context, image embeddings included."""
+        before, after = self.prompt_token_ids(prompt)
+        queries: int = self.model.config.num_query_tokens
+        return len(before) + queries + len(after)
+
+    @torch.inference_mode()
+    def embed_prompt(self, prompt: str, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The prompt as input embeddings with the image spliced in.
+
+        Args:
+            prompt: text holding one ``<ImageHere>``.
+            image_embeds: (32, hidden) for one image.
+
+        Returns:
+            (1, sequence, hidden).
+        """
+        ids_before, ids_after = self.prompt_token_ids(prompt)
+        embed_tokens = self.model.get_input_embeddings()
+        pieces = [
+            embed_tokens(torch.tensor(ids_before, device=self.device)),
+            image_embeds.to(self.device, dtype=self._text_dtype),
+            embed_tokens(torch.tensor(ids_after, device=self.device)),
+        ]
+        return torch.cat(pieces, dim=0).unsqueeze(0)
+
+    @torch.inference_mode()
+    def generate(
+        self, inputs_embeds: torch.Tensor, generation: GenerationSettings, *, seed: int | None
+    ) -> Generated:
+        """Continue the prompt until ``###``, end of sequence, or the token or time limit."""
+        started = time.monotonic()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            output = self.model.language_model.generate(
+                inputs_embeds=inputs_embeds,
+                attention_mask=torch.ones(
+                    inputs_embeds.shape[:2], device=self.device, dtype=torch.long
+                ),
+                max_new_tokens=generation.max_new_tokens,
+                do_sample=generation.do_sample,
+                top_p=generation.top_p if generation.do_sample else None,
+                temperature=generation.temperature if generation.do_sample else None,
+                top_k=None,
+                num_beams=1,
+                repetition_penalty=generation.repetition_penalty,
+                stop_strings=[prompts.SEPARATOR],
+                tokenizer=self.tokenizer,
+                eos_token_id=self.tokenizer.eos_token_id,
+                # Llama has no pad token; reuse EOS rather than growing the vocabulary.
+                pad_token_id=self.tokenizer.eos_token_id,
+                max_time=generation.max_seconds,
+            )
+        new_tokens = output[0].tolist()
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return Generated(
+            text=prompts.extract_answer(text),
+            new_tokens=len(new_tokens),
+            seconds=time.monotonic() - started,
+        )
+
+    @property
+    def _text_dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype  # type: ignore[no-any-return]
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    """Parameters per part, named as in the SkinGPT-4 paper."""
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    return {
+        "vision_encoder": count(model.vision_model),
+        "qformer": count(model.qformer) + model.query_tokens.numel(),
+        "projection": count(model.language_projection),
+        "language_model": count(model.language_model),
+    }
+
+
+def build_on_meta(preset: Preset) -> Any:
+    """The full architecture with no memory behind it, to check shapes and parameter counts."""
+    from transformers import Blip2ForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Blip2ForConditionalGeneration(preset.blip2_config())
+    _set_ln_vision_eps(model)
+    return model
+
+
+def build_tiny_random(*, seed: int = 0) -> SkinGPT:
+    """The ``tiny-random`` preset: deterministic random weights and a locally trained tokenizer."""
+    from transformers import Blip2ForConditionalGeneration
+
+    tokenizer = build_tiny_tokenizer()
+    config = TINY_RANDOM.blip2_config(vocab_size=len(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Blip2ForConditionalGeneration(config)
+    return SkinGPT(model, tokenizer, name=TINY_RANDOM.name, untrained=True)
+
+
+def load_pretrained(folder: Path, *, device: torch.device, dtype: torch.dtype) -> SkinGPT:
+    """Load a saved SkinGPT-4 folder (``config.json``, safetensors weights and tokenizer).
+
+    Every tensor must match: a missing, unexpected or mis-shaped key is an error that names it.
+    """
+    from transformers import AutoTokenizer, Blip2ForConditionalGeneration
+
+    if not (folder / "config.json").is_file():
+        raise ModelUnavailable(
+            f"{folder} holds no config.json. Point SKINGPT_WEIGHTS at a converted SkinGPT-4 "
+            "model folder."
+        )
+    loaded: Any = Blip2ForConditionalGeneration.from_pretrained(
+        folder, dtype=dtype, output_loading_info=True
+    )
+    model, info = loaded
+    problems = {k: v for k, v in info.items() if v and k != "error_msgs"}
+    if problems or info.get("error_msgs"):
+        raise ModelUnavailable(f"The weights in {folder} do not match the model: {info}")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    untrained = bool(getattr(model.config, "skingpt_untrained", False))
+    return SkinGPT(model.to(device), tokenizer, name=folder.name, untrained=untrained)
+
+
+def save_pretrained(skingpt: SkinGPT, folder: Path) -> None:
+    """Write the model and tokenizer so :func:`load_pretrained` reads them back unchanged."""
+    skingpt.model.config.skingpt_untrained = skingpt.untrained
+    skingpt.model.save_pretrained(folder)
+    skingpt.tokenizer.save_pretrained(folder)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when present. Call only where CUDA may be initialised."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("SKINGPT_DEVICE=cuda but no CUDA device is visible to this process.")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` means bf16 on CUDA and fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("SKINGPT_DTYPE=fp16 needs a CUDA device; use fp32 or bf16 on CPU.")
+    return _DTYPES[name]
+
+
+def load_model(settings: Settings) -> SkinGPT:
+    """Build or load the model that ``settings`` names, on its device and dtype."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    started = time.monotonic()
+    if settings.weights:
+        skingpt = load_pretrained(Path(settings.weights), device=device, dtype=dtype)
+    elif settings.model == TINY_RANDOM.name:
+        skingpt = build_tiny_random()
+        skingpt.model.to(device=device, dtype=dtype)
+    else:
+        preset = get_preset(settings.model)
+        raise ModelUnavailable(
+            f"The {preset.name} model needs its weights: set SKINGPT_WEIGHTS to a converted "
+            "model folder."
+        )
+    counts = parameter_counts(skingpt.model)
+    footprint = sum(p.numel() * p.element_size() for p in skingpt.model.parameters())
+    logger.info(
+        "Loaded model %s on %s as %s in %.1f s: %s parameters (%s), %.2f GiB of weights",
+        skingpt.name,
+        device,
+        dtype,
+        time.monotonic() - started,
+        f"{sum(counts.values()):,}",
+        ", ".join(f"{part} {n:,}" for part, n in counts.items()),
+        footprint / 2**30,
+    )
+    return skingpt
+
+
+def _set_ln_vision_eps(model: Any) -> None:
+    model.vision_model.post_layernorm.eps = getattr(model.config, "ln_vision_eps", LN_VISION_EPS)

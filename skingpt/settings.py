@@ -1,0 +1,139 @@
+"""One typed settings object, read from ``SKINGPT_*`` environment variables.
+
+Entry points build it once with :meth:`Settings.from_env` and pass it down; nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from skingpt.errors import ConfigError
+
+_DTYPES = ("auto", "fp32", "bf16", "fp16")
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How the language model writes an answer (defaults follow the SkinGPT-4 demo)."""
+
+    max_new_tokens: int = 300
+    do_sample: bool = True
+    top_p: float = 0.9
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    max_context_tokens: int = 2000
+    max_seconds: float = 120.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot, the worker and ``skingpt ask`` can be told from the environment."""
+
+    model: str = "tiny-random"
+    weights: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    torch_threads: int | None = None
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "skingpt"
+    queue: str = "gpu"
+    retention_seconds: int = 24 * 3600
+    max_image_pixels: int = 40_000_000
+    stored_image_side: int = 1024
+
+    task_soft_time_limit: int = 240
+    task_time_limit: int = 300
+    visibility_timeout: int = 3600
+    model_load_timeout: int = 1800
+
+    telegram_token: str | None = field(default=None, repr=False)
+    telegram_api_url: str = "https://api.telegram.org/bot"
+    telegram_file_url: str = "https://api.telegram.org/file/bot"
+    allow_test_model: bool = False
+    global_messages_per_second: float = 25.0
+    chat_messages_per_second: float = 1.0
+    group_messages_per_minute: float = 18.0
+
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ConfigError(
+                f"SKINGPT_DTYPE must be one of {', '.join(_DTYPES)}, not {self.dtype!r}."
+            )
+        if self.device not in _DEVICES:
+            raise ConfigError(
+                f"SKINGPT_DEVICE must be one of {', '.join(_DEVICES)}, not {self.device!r}."
+            )
+        if self.retention_seconds < 60:
+            raise ConfigError("SKINGPT_RETENTION_SECONDS must be at least 60.")
+        if not 0 < self.task_soft_time_limit < self.task_time_limit:
+            raise ConfigError(
+                "SKINGPT_TASK_SOFT_TIME_LIMIT must be positive and below SKINGPT_TASK_TIME_LIMIT."
+            )
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ConfigError(
+                f"SKINGPT_VISIBILITY_TIMEOUT ({self.visibility_timeout} s) must exceed "
+                f"SKINGPT_TASK_TIME_LIMIT ({self.task_time_limit} s), or Redis hands a running "
+                "job to a second worker. Raise the visibility timeout."
+            )
+
+    @property
+    def is_test_model(self) -> bool:
+        """True when the configured model is an untrained preset meant for tests."""
+        return self.model == "tiny-random"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, /, **overrides: object
+    ) -> Settings:
+        """Read every ``SKINGPT_*`` variable; ``overrides`` (command-line flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "generation":
+                continue
+            raw = env.get("SKINGPT_" + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw, f.type)
+        generation: dict[str, object] = {}
+        for f in dataclasses.fields(GenerationSettings):
+            raw = env.get("SKINGPT_" + f.name.upper())
+            if raw is not None and raw != "":
+                generation[f.name] = _parse(f.name, raw, f.type)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in {f.name for f in dataclasses.fields(GenerationSettings)}:
+                generation[key] = value
+            else:
+                values[key] = value
+        return cls(generation=GenerationSettings(**generation), **values)  # type: ignore[arg-type]
+
+
+def _parse(name: str, raw: str, annotation: object) -> object:
+    kind = str(annotation)
+    env_name = "SKINGPT_" + name.upper()
+    try:
+        if kind.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {kind.split(' ')[0]}.") from None
+    return raw

@@ -1,0 +1,83 @@
+"""The `skingpt` command as a newcomer runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from skingpt.replies import DISCLAIMER
+
+
+def _skingpt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "skingpt.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "SKINGPT_TORCH_THREADS": "1", **(env or {})},
+    )
+
+
+def test_ask_prints_a_labelled_reply_with_the_disclaimer(sample_photos: list[Path]) -> None:
+    result = _skingpt(
+        "ask",
+        str(sample_photos[0]),
+        "What is this?",
+        "--then",
+        "Is it contagious?",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "16",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(DISCLAIMER) == 2
+    assert result.stdout.count("TEST MODEL") == 2
+    assert "> Is it contagious?" in result.stdout
+    again = _skingpt(
+        "ask",
+        str(sample_photos[0]),
+        "What is this?",
+        "--then",
+        "Is it contagious?",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "16",
+    )
+    assert again.stdout == result.stdout
+
+
+def test_ask_refuses_a_file_that_is_not_an_image(tmp_path: Path) -> None:
+    document = tmp_path / "notes.jpg"
+    document.write_text("not a photo")
+    result = _skingpt("ask", str(document))
+    assert result.returncode == 2
+    assert "could not read this file as an image" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ask_says_which_file_is_missing(tmp_path: Path) -> None:
+    result = _skingpt("ask", str(tmp_path / "missing.jpg"))
+    assert result.returncode == 2 and "missing.jpg" in result.stderr
+
+
+def test_bot_refuses_the_test_model_without_the_flag() -> None:
+    result = _skingpt("bot", env={"SKINGPT_MODEL": "tiny-random", "SKINGPT_TELEGRAM_TOKEN": "1:x"})
+    assert result.returncode == 2
+    assert "--allow-test-model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_refuses_an_unknown_model() -> None:
+    result = _skingpt("worker", env={"SKINGPT_MODEL": "gpt-derm-99"})
+    assert result.returncode == 2
+    assert "SKINGPT_MODEL must be one of" in result.stderr
+
+
+def test_full_model_without_weights_says_what_to_set(sample_photos: list[Path]) -> None:
+    result = _skingpt("ask", str(sample_photos[0]), "--model", "skingpt4-llama2-13b")
+    assert result.returncode == 2
+    assert "SKINGPT_WEIGHTS" in result.stderr

@@ -1,0 +1,55 @@
+"""Settings come from SKINGPT_* variables, and unsafe combinations are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from skingpt.errors import ConfigError
+from skingpt.settings import Settings
+
+
+def test_from_env_reads_typed_values_and_generation_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "SKINGPT_REDIS_URL": "redis://cache:6379/2",
+            "SKINGPT_RETENTION_SECONDS": "3600",
+            "SKINGPT_ALLOW_TEST_MODEL": "yes",
+            "SKINGPT_MAX_NEW_TOKENS": "64",
+            "SKINGPT_SEED": "11",
+            "SKINGPT_TOP_P": "0.5",
+        }
+    )
+    assert settings.redis_url == "redis://cache:6379/2"
+    assert settings.retention_seconds == 3600
+    assert settings.allow_test_model is True
+    assert settings.generation.max_new_tokens == 64
+    assert settings.generation.seed == 11
+    assert settings.generation.top_p == 0.5
+
+
+def test_from_env_defaults_follow_the_reference_demo() -> None:
+    generation = Settings.from_env({}).generation
+    assert (generation.max_new_tokens, generation.top_p, generation.temperature) == (300, 0.9, 1.0)
+    assert generation.do_sample and generation.max_context_tokens == 2000
+
+
+def test_from_env_overrides_win_over_the_environment() -> None:
+    settings = Settings.from_env({"SKINGPT_MODEL": "a"}, model="tiny-random", seed=3)
+    assert settings.model == "tiny-random" and settings.generation.seed == 3
+
+
+def test_from_env_names_the_bad_variable() -> None:
+    with pytest.raises(ConfigError, match="SKINGPT_RETENTION_SECONDS"):
+        Settings.from_env({"SKINGPT_RETENTION_SECONDS": "a day"})
+    with pytest.raises(ConfigError, match="SKINGPT_ALLOW_TEST_MODEL"):
+        Settings.from_env({"SKINGPT_ALLOW_TEST_MODEL": "maybe"})
+
+
+def test_settings_refuse_a_visibility_timeout_shorter_than_the_time_limit() -> None:
+    with pytest.raises(ConfigError, match="VISIBILITY_TIMEOUT"):
+        Settings.from_env({"SKINGPT_VISIBILITY_TIMEOUT": "200", "SKINGPT_TASK_TIME_LIMIT": "300"})
+
+
+def test_settings_hide_the_token_from_repr() -> None:
+    settings = Settings.from_env({"SKINGPT_TELEGRAM_TOKEN": "123:very-secret"})
+    assert "very-secret" not in repr(settings)

@@ -1,0 +1,99 @@
+"""The Redis store: pseudonymous keys, one turn at a time per user, answers recorded once."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from skingpt.replies import Outcome
+from skingpt.store import Store
+
+
+def _store(redis_url: str, prefix: str, retention: int = 600) -> Store:
+    return Store.from_url(
+        redis_url, prefix=prefix, retention_seconds=retention, turn_hold_seconds=900
+    )
+
+
+def test_pseudonym_is_stable_and_reveals_no_id(redis_url: str, key_prefix: str) -> None:
+    store = _store(redis_url, key_prefix)
+    conv = store.pseudonym(123456789, 987654321)
+    assert conv == _store(redis_url, key_prefix).pseudonym(123456789, 987654321)
+    assert conv != store.pseudonym(123456789, 1)
+    assert "123456789" not in conv and "987654321" not in conv
+
+
+def test_case_data_expires_with_the_retention_setting(redis_url: str, key_prefix: str) -> None:
+    store = _store(redis_url, key_prefix, retention=120)
+    conv = store.pseudonym(1, 1)
+    case = store.start_case(conv, b"png")
+    job = store.new_job(conv=conv, case=case, chat_id=1, reply_to=5, question="What?")
+    client = redis.Redis.from_url(redis_url)
+    keys = [store.key("case", case, "image"), store.key("conv", conv), store.key("job", job)]
+    for key in keys:
+        assert 0 < client.ttl(key) <= 120, key
+    assert store.open_case(conv) == case
+    client.delete(store.key("case", case, "image"))
+    assert store.open_case(conv) is None
+
+
+def test_jobs_of_one_user_run_one_at_a_time_in_order(redis_url: str, key_prefix: str) -> None:
+    store = _store(redis_url, key_prefix)
+    conv = store.pseudonym(7, 7)
+    case = store.start_case(conv, b"png")
+    jobs = [
+        store.new_job(conv=conv, case=case, chat_id=7, reply_to=None, question=q)
+        for q in ("a", "b", "c")
+    ]
+    assert [store.claim_turn(conv, job) for job in jobs] == [True, False, False]
+    assert store.release_turn(conv, jobs[0]) == jobs[1]
+    assert store.release_turn(conv, jobs[0]) is None  # a stale release changes nothing
+    assert store.release_turn(conv, jobs[1]) == jobs[2]
+    assert store.release_turn(conv, jobs[2]) is None
+    assert store.claim_turn(conv, "later") is True
+
+
+def test_complete_job_records_the_turn_and_queues_one_reply(
+    redis_url: str, key_prefix: str
+) -> None:
+    store = _store(redis_url, key_prefix)
+    store.ensure_outbox_group()
+    conv = store.pseudonym(9, 9)
+    case = store.start_case(conv, b"png")
+    job = store.new_job(conv=conv, case=case, chat_id=9, reply_to=3, question="What is it?")
+    assert store.complete_job(job, Outcome.ANSWERED, "Eczema.", model_name="m") is True
+    assert store.complete_job(job, Outcome.ANSWERED, "Again.", model_name="m") is False
+    loaded = store.load_job(job)
+    assert loaded is not None
+    assert (loaded.status, loaded.outcome, loaded.answer) == ("done", Outcome.ANSWERED, "Eczema.")
+    assert [(t.question, t.answer) for t in store.turns(case)] == [("What is it?", "Eczema.")]
+    entries = store.read_outbox("reader", block_ms=10)
+    assert [job_id for _, job_id in entries] == [job]
+    store.ack_outbox(entries[0][0])
+    assert store.read_outbox("reader", block_ms=10, pending=True) == []
+
+    follow_up = store.new_job(conv=conv, case=case, chat_id=9, reply_to=4, question="Why?")
+    store.snapshot_history(follow_up)
+    raw = redis.Redis.from_url(redis_url).hget(store.key("job", follow_up), "history")
+    assert json.loads(raw or b"") == [{"q": "What is it?", "a": "Eczema."}]
+
+
+def test_failed_jobs_leave_no_turn_in_the_history(redis_url: str, key_prefix: str) -> None:
+    store = _store(redis_url, key_prefix)
+    conv = store.pseudonym(10, 10)
+    case = store.start_case(conv, b"png")
+    job = store.new_job(conv=conv, case=case, chat_id=10, reply_to=None, question="Q")
+    assert store.complete_job(job, Outcome.FAILED) is True
+    assert store.turns(case) == []
+
+
+def test_unread_replies_can_be_taken_over_by_another_bot(redis_url: str, key_prefix: str) -> None:
+    store = _store(redis_url, key_prefix)
+    store.ensure_outbox_group()
+    conv = store.pseudonym(11, 11)
+    case = store.start_case(conv, b"png")
+    job = store.new_job(conv=conv, case=case, chat_id=11, reply_to=None, question="Q")
+    store.complete_job(job, Outcome.ANSWERED, "A")
+    assert [j for _, j in store.read_outbox("crashed-bot", block_ms=10)] == [job]
+    assert [j for _, j in store.claim_stale_outbox("new-bot", min_idle_ms=0)] == [job]

@@ -1,0 +1,73 @@
+"""The answering task, run in this process against real Redis: idempotent and never silent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from skingpt.imaging import encode_png, load_image, normalise
+from skingpt.replies import Outcome
+from skingpt.settings import Settings
+from skingpt.store import Store
+from worker.app import ANSWER_TASK, create_celery
+from worker.tasks import register_tasks
+
+
+@pytest.fixture
+def setup(redis_url: str, key_prefix: str) -> tuple[Store, Callable[[str], str]]:
+    settings = Settings.from_env(
+        {}, redis_url=redis_url, key_prefix=key_prefix, max_new_tokens=8, seed=1, torch_threads=1
+    )
+    store = Store.from_url(
+        redis_url, prefix=key_prefix, retention_seconds=600, turn_hold_seconds=900
+    )
+    app = create_celery(settings)
+    holder = register_tasks(app, settings, store)
+    holder.start_loading()
+    holder.get(timeout=120)  # a loader thread still running at exit would abort the interpreter
+    task = app.tasks[ANSWER_TASK]
+    return store, lambda job_id: str(task(job_id))
+
+
+def _job(store: Store, photo: Path, question: str = "What is this?") -> tuple[str, str]:
+    image = normalise(load_image(photo.read_bytes(), max_pixels=10**8), max_side=1024)
+    conv = store.pseudonym(1, 2)
+    case = store.start_case(conv, encode_png(image))
+    job = store.new_job(conv=conv, case=case, chat_id=1, reply_to=None, question=question)
+    store.snapshot_history(job)
+    return case, job
+
+
+def test_answer_turn_answers_once_even_if_delivered_twice(
+    setup: tuple[Store, Callable[[str], str]], sample_photos: list[Path]
+) -> None:
+    store, run = setup
+    store.ensure_outbox_group()
+    case, job = _job(store, sample_photos[0])
+    assert run(job) == Outcome.ANSWERED.value
+    assert run(job) == "duplicate"
+    loaded = store.load_job(job)
+    assert loaded is not None and loaded.untrained and loaded.answer
+    assert loaded.attempts == 1
+    assert len(store.turns(case)) == 1
+    assert [j for _, j in store.read_outbox("test", block_ms=10)] == [job]
+
+
+def test_answer_turn_reports_a_photo_deleted_by_retention(
+    setup: tuple[Store, Callable[[str], str]], sample_photos: list[Path]
+) -> None:
+    store, run = setup
+    case, job = _job(store, sample_photos[0])
+    store.client.delete(store.key("case", case, "image"))
+    assert run(job) == Outcome.PHOTO_EXPIRED.value
+    loaded = store.load_job(job)
+    assert loaded is not None and loaded.outcome is Outcome.PHOTO_EXPIRED
+
+
+def test_answer_turn_ignores_a_job_that_no_longer_exists(
+    setup: tuple[Store, Callable[[str], str]],
+) -> None:
+    _, run = setup
+    assert run("0" * 32) == "expired"

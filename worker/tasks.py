@@ -1,0 +1,114 @@
+"""The answering task and the per-process model that runs it.
+
+The worker's parent process never imports the model code (and so never touches CUDA). Each
+prefork child starts loading the model in a background thread as soon as it is up, so the child
+reports ready within Celery's start-up limit however long the weights take; a job that arrives
+first waits for the load to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from skingpt.errors import ModelUnavailable
+from skingpt.imaging import decode_stored
+from skingpt.replies import Outcome
+from skingpt.settings import Settings
+from skingpt.store import Store
+from worker.app import ANSWER_TASK
+
+if TYPE_CHECKING:
+    from skingpt.pipeline import Analyzer
+
+logger = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """The model of one worker process, loaded once, in the background."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ready = threading.Event()
+        self._analyzer: Analyzer | None = None
+        self._error: Exception | None = None
+
+    def start_loading(self) -> None:
+        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+
+    def get(self, timeout: float) -> Analyzer:
+        """The loaded model; :class:`ModelUnavailable` if loading failed or took too long."""
+        if not self._ready.wait(timeout):
+            raise ModelUnavailable(f"The model did not load within {timeout:.0f} s.")
+        if self._analyzer is None:
+            raise ModelUnavailable(f"The model failed to load: {self._error}")
+        return self._analyzer
+
+    def _load(self) -> None:
+        try:
+            from skingpt.model.modeling import load_model
+            from skingpt.pipeline import Analyzer
+
+            self._analyzer = Analyzer(load_model(self.settings), self.settings.generation)
+        except Exception as error:
+            logger.exception("Loading the model failed")
+            self._error = error
+        finally:
+            self._ready.set()
+
+
+def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder:
+    """Add the answering task to ``app`` and load the model in every child process."""
+    holder = ModelHolder(settings)
+
+    def load_in_child(**_: Any) -> None:
+        holder.start_loading()
+
+    worker_process_init.connect(load_in_child, weak=False)
+
+    @app.task(name=ANSWER_TASK, bind=True, max_retries=5, shared=False)  # type: ignore[untyped-decorator]
+    def answer_turn(self: Task, job_id: str) -> str:
+        """Answer one queued question and put the reply in the outbox."""
+        job = store.load_job(job_id)
+        if job is None:
+            logger.warning("Job %s expired before it ran", job_id)
+            return "expired"
+        if job.status == "done":
+            logger.info("Job %s was already answered; not running it again", job_id)
+            return "duplicate"
+        attempts = store.mark_running(job_id)
+        try:
+            analyzer = holder.get(timeout=settings.model_load_timeout)
+        except ModelUnavailable as error:
+            if self.request.retries >= self.max_retries:
+                logger.error("Job %s gave up waiting for a working model: %s", job_id, error)
+                store.complete_job(job_id, Outcome.FAILED)
+                return Outcome.FAILED.value
+            logger.error("Job %s waits for a working model: %s", job_id, error)
+            raise self.retry(countdown=30, exc=error) from error
+        image = store.load_image(job.case)
+        if image is None:
+            store.complete_job(job_id, Outcome.PHOTO_EXPIRED)
+            return Outcome.PHOTO_EXPIRED.value
+        try:
+            answer = analyzer.answer(decode_stored(image), job.history, job.question)
+        except SoftTimeLimitExceeded:
+            logger.warning("Job %s hit the soft time limit (attempt %d)", job_id, attempts)
+            store.complete_job(job_id, Outcome.TIMED_OUT)
+            return Outcome.TIMED_OUT.value
+        except Exception:
+            logger.exception("Job %s failed (attempt %d)", job_id, attempts)
+            store.complete_job(job_id, Outcome.FAILED)
+            return Outcome.FAILED.value
+        outcome = Outcome.ANSWERED if answer.text else Outcome.EMPTY
+        store.complete_job(
+            job_id, outcome, answer.text, model_name=answer.model_name, untrained=answer.untrained
+        )
+        return outcome.value
+
+    return holder
