@@ -123,7 +123,7 @@ def test_photos_and_files_each_get_one_reply_and_follow_ups_keep_context(
     services: Services, sample_photos: list[Path]
 ) -> None:
     api = services.api
-    photos = sample_photos[:4]
+    photos = sample_photos
     # Each photo goes out twice, from two users: once compressed, once as a file.
     first_messages: dict[int, dict] = {}
     for index, path in enumerate(photos):
