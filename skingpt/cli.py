@@ -25,9 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(None, **_overrides(args))
-        _configure_logging(
-            args.log_level or ("WARNING" if args.command == "ask" else settings.log_level)
-        )
+        quiet = args.command in {"ask", "weights"}
+        _configure_logging(args.log_level or ("WARNING" if quiet else settings.log_level))
         return int(args.run(settings, args))
     except (ConfigError, ModelUnavailable) as error:
         print(f"skingpt {args.command}: {error}", file=sys.stderr)
@@ -76,6 +75,54 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes, each with its own copy of the model (default 1)",
     )
     worker.set_defaults(run=run_worker)
+
+    weights = commands.add_parser("weights", help="convert and inspect model weights")
+    actions = weights.add_subparsers(dest="action", required=True)
+    convert = actions.add_parser(
+        "convert", help="turn SkinGPT-4's published files into a folder the worker loads"
+    )
+    convert.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="SkinGPT-4 checkpoint holding llama_proj (.pth)",
+    )
+    convert.add_argument(
+        "--llama",
+        type=Path,
+        required=True,
+        help="Llama-2-13b-chat folder in the transformers layout",
+    )
+    convert.add_argument("--vision", type=Path, help="LAVIS eva_vit_g.pth")
+    convert.add_argument("--qformer", type=Path, help="LAVIS blip2_pretrained_flant5xxl.pth")
+    convert.add_argument(
+        "--blip2-hub",
+        type=Path,
+        help="Salesforce/blip2-flan-t5-xxl folder, instead of --vision/--qformer",
+    )
+    convert.add_argument("--out", type=Path, required=True, help="new model folder")
+    convert.add_argument(
+        "--preset",
+        default="skingpt4-llama2-13b",
+        help="vision and Q-Former sizes (default: skingpt4-llama2-13b)",
+    )
+    convert.add_argument(
+        "--dtype",
+        choices=("fp16", "bf16", "fp32"),
+        default="fp16",
+        help="storage dtype (default fp16, as the reference runs the LLM)",
+    )
+    convert.add_argument(
+        "--vit-precision",
+        choices=("fp16", "fp32"),
+        default="fp16",
+        help="round the ViT's Linear and Conv weights through fp16, as the "
+        "reference does (default fp16)",
+    )
+    convert.set_defaults(run=run_convert)
+    inspect = actions.add_parser("inspect", help="say what a checkpoint file or folder holds")
+    inspect.add_argument("path", type=Path)
+    inspect.set_defaults(run=run_inspect)
     return parser
 
 
@@ -136,6 +183,41 @@ def run_ask(settings: Settings, args: argparse.Namespace) -> int:
         )
         print()
         history.append(Turn(question=question, answer=answer.text))
+    return 0
+
+
+def run_convert(settings: Settings, args: argparse.Namespace) -> int:
+    """Convert the published checkpoints into one safetensors model folder."""
+    import torch
+
+    from skingpt.model.convert import convert
+    from skingpt.model.presets import get_preset
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    result = convert(
+        out=args.out,
+        preset=get_preset(args.preset),
+        llama=args.llama,
+        checkpoint=args.checkpoint,
+        vision=args.vision,
+        qformer=args.qformer,
+        blip2_hub=args.blip2_hub,
+        dtype=dtypes[args.dtype],
+        vit_precision=args.vit_precision,
+    )
+    print(f"Wrote {args.out}: {len(result.tensors)} tensors.")
+    for reason, count in sorted(result.dropped.items()):
+        print(f"  dropped {count:5d}: {reason}")
+    return 0
+
+
+def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    """Print what a checkpoint holds, as JSON."""
+    import json
+
+    from skingpt.model.checkpoints import describe
+
+    print(json.dumps(describe(args.path), indent=2))
     return 0
 
 

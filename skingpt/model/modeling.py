@@ -202,18 +202,26 @@ def build_tiny_random(*, seed: int = 0) -> SkinGPT:
     return SkinGPT(model, tokenizer, name=TINY_RANDOM.name, untrained=True)
 
 
-def load_pretrained(folder: Path, *, device: torch.device, dtype: torch.dtype) -> SkinGPT:
+def load_pretrained(
+    folder: Path, *, device: torch.device, dtype: torch.dtype, verify: bool = True
+) -> SkinGPT:
     """Load a saved SkinGPT-4 folder (``config.json``, safetensors weights and tokenizer).
 
     Every tensor must match: a missing, unexpected or mis-shaped key is an error that names it.
+    With ``verify``, weight files are first checked against the SHA-256 sums that
+    ``skingpt weights convert`` recorded.
     """
     from transformers import AutoTokenizer, Blip2ForConditionalGeneration
+
+    from skingpt.model.convert import verify_files
 
     if not (folder / "config.json").is_file():
         raise ModelUnavailable(
             f"{folder} holds no config.json. Point SKINGPT_WEIGHTS at a converted SkinGPT-4 "
             "model folder."
         )
+    if verify:
+        verify_files(folder)
     loaded: Any = Blip2ForConditionalGeneration.from_pretrained(
         folder, dtype=dtype, output_loading_info=True
     )

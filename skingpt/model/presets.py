@@ -36,11 +36,18 @@ class Preset:
     num_query_tokens: int = 32
     untrained: bool = False
 
-    def blip2_config(self, *, vocab_size: int | None = None) -> Any:
-        """The transformers ``Blip2Config`` for this size."""
+    def blip2_config(
+        self, *, vocab_size: int | None = None, text: dict[str, Any] | None = None
+    ) -> Any:
+        """The transformers ``Blip2Config`` for this size.
+
+        Args:
+            vocab_size: overrides the language model's vocabulary size.
+            text: a whole language-model config (e.g. read from a Llama folder) to use instead.
+        """
         from transformers import Blip2Config
 
-        text = dict(self.text)
+        text = dict(self.text if text is None else text)
         if vocab_size is not None:
             text["vocab_size"] = vocab_size
         config = Blip2Config(
