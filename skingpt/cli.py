@@ -131,10 +131,12 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="converted model folder (default: SKINGPT_WEIGHTS)")
     parser.add_argument("--device", help="auto, cpu or cuda")
     parser.add_argument("--dtype", help="auto, fp32, bf16 or fp16")
+    parser.add_argument("--quantize", help="none, 8bit or 4bit (CUDA only; needs the gpu extra)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    names = ("model", "weights", "device", "dtype", "seed", "max_new_tokens", "allow_test_model")
+    names = ("model", "weights", "device", "dtype", "quantize", "seed", "max_new_tokens",
+             "allow_test_model")
     return {name: getattr(args, name, None) for name in names}
 
 
@@ -253,6 +255,8 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         get_preset(settings.model)
     elif not Path(settings.weights).is_dir():
         raise ConfigError(f"SKINGPT_WEIGHTS={settings.weights} is not a folder.")
+    if settings.quantize != "none":
+        _check_quantization_possible(settings)
     if settings.is_test_model:
         logger.warning("This worker runs tiny-random, an untrained test model")
     app = create_celery(settings)
@@ -270,6 +274,28 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def _check_quantization_possible(settings: Settings) -> None:
+    """Refuse to start, before consuming any job, when quantization cannot work here.
+
+    CUDA is probed in a short child process: the worker's parent must never initialise CUDA,
+    or its forked children could not use it.
+    """
+    import importlib.util
+    import subprocess
+
+    probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
+    if subprocess.run([sys.executable, "-c", probe], check=False).returncode != 0:
+        raise ConfigError(
+            f"SKINGPT_QUANTIZE={settings.quantize} needs a CUDA GPU, and none is visible. "
+            "On CPU use SKINGPT_QUANTIZE=none with fp32 or bf16."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            f"SKINGPT_QUANTIZE={settings.quantize} needs bitsandbytes: "
+            "pip install -c constraints.txt '.[gpu]'"
+        )
 
 
 def _store(settings: Settings) -> Store:

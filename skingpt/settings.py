@@ -15,6 +15,7 @@ from skingpt.errors import ConfigError
 
 _DTYPES = ("auto", "fp32", "bf16", "fp16")
 _DEVICES = ("auto", "cpu", "cuda")
+_QUANTIZE = ("none", "8bit", "4bit")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Settings:
     weights: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str = "none"
     torch_threads: int | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
@@ -72,6 +74,15 @@ class Settings:
         if self.device not in _DEVICES:
             raise ConfigError(
                 f"SKINGPT_DEVICE must be one of {', '.join(_DEVICES)}, not {self.device!r}."
+            )
+        if self.quantize not in _QUANTIZE:
+            raise ConfigError(
+                f"SKINGPT_QUANTIZE must be one of {', '.join(_QUANTIZE)}, not {self.quantize!r}."
+            )
+        if self.quantize != "none" and self.device == "cpu":
+            raise ConfigError(
+                f"SKINGPT_QUANTIZE={self.quantize} needs a CUDA GPU, but SKINGPT_DEVICE=cpu. "
+                "On CPU use SKINGPT_QUANTIZE=none with fp32 or bf16."
             )
         if self.retention_seconds < 60:
             raise ConfigError("SKINGPT_RETENTION_SECONDS must be at least 60.")

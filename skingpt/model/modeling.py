@@ -203,7 +203,12 @@ def build_tiny_random(*, seed: int = 0) -> SkinGPT:
 
 
 def load_pretrained(
-    folder: Path, *, device: torch.device, dtype: torch.dtype, verify: bool = True
+    folder: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    verify: bool = True,
+    quantization: Any = None,
 ) -> SkinGPT:
     """Load a saved SkinGPT-4 folder (``config.json``, safetensors weights and tokenizer).
 
@@ -222,8 +227,11 @@ def load_pretrained(
         )
     if verify:
         verify_files(folder)
+    placement: dict[str, Any] = {}
+    if quantization is not None:
+        placement = {"quantization_config": quantization, "device_map": {"": device}}
     loaded: Any = Blip2ForConditionalGeneration.from_pretrained(
-        folder, dtype=dtype, output_loading_info=True
+        folder, dtype=dtype, output_loading_info=True, **placement
     )
     model, info = loaded
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"}
@@ -231,7 +239,9 @@ def load_pretrained(
         raise ModelUnavailable(f"The weights in {folder} do not match the model: {info}")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     untrained = bool(getattr(model.config, "skingpt_untrained", False))
-    return SkinGPT(model.to(device), tokenizer, name=folder.name, untrained=untrained)
+    if quantization is None:
+        model = model.to(device)
+    return SkinGPT(model, tokenizer, name=folder.name, untrained=untrained)
 
 
 def save_pretrained(skingpt: SkinGPT, folder: Path) -> None:
@@ -259,15 +269,55 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def quantization_config(mode: str, device: torch.device, compute_dtype: torch.dtype) -> Any:
+    """bitsandbytes settings for the language model only, or None for ``none``.
+
+    The vision encoder, Q-Former, projection and output head stay unquantized: they are small,
+    and the image path is where precision matters most.
+    """
+    if mode == "none":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(
+            f"SKINGPT_QUANTIZE={mode} needs a CUDA GPU, and this process sees none. "
+            "On CPU use SKINGPT_QUANTIZE=none with fp32 or bf16."
+        )
+    try:
+        import bitsandbytes  # noqa: F401  (imported only to fail early and clearly)
+    except ImportError:
+        raise ConfigError(
+            f"SKINGPT_QUANTIZE={mode} needs bitsandbytes: pip install -c constraints.txt '.[gpu]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    config: Any = BitsAndBytesConfig  # untyped in transformers
+    keep = ["vision_model", "qformer", "language_projection", "lm_head"]
+    if mode == "8bit":
+        return config(load_in_8bit=True, llm_int8_skip_modules=keep)
+    return config(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=keep,
+    )
+
+
 def load_model(settings: Settings) -> SkinGPT:
     """Build or load the model that ``settings`` names, on its device and dtype."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    quantization = quantization_config(settings.quantize, device, dtype)
     started = time.monotonic()
     if settings.weights:
-        skingpt = load_pretrained(Path(settings.weights), device=device, dtype=dtype)
+        skingpt = load_pretrained(
+            Path(settings.weights), device=device, dtype=dtype, quantization=quantization
+        )
+    elif quantization is not None:
+        raise ConfigError(
+            "Quantization applies to a model loaded from SKINGPT_WEIGHTS, not to tiny-random."
+        )
     elif settings.model == TINY_RANDOM.name:
         skingpt = build_tiny_random()
         skingpt.model.to(device=device, dtype=dtype)
@@ -280,10 +330,12 @@ def load_model(settings: Settings) -> SkinGPT:
     counts = parameter_counts(skingpt.model)
     footprint = sum(p.numel() * p.element_size() for p in skingpt.model.parameters())
     logger.info(
-        "Loaded model %s on %s as %s in %.1f s: %s parameters (%s), %.2f GiB of weights",
+        "Loaded model %s on %s as %s (quantization: %s) in %.1f s: %s parameters (%s), "
+        "%.2f GiB of weights",
         skingpt.name,
         device,
         dtype,
+        settings.quantize,
         time.monotonic() - started,
         f"{sum(counts.values()):,}",
         ", ".join(f"{part} {n:,}" for part, n in counts.items()),

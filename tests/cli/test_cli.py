@@ -81,3 +81,30 @@ def test_full_model_without_weights_says_what_to_set(sample_photos: list[Path]) 
     result = _skingpt("ask", str(sample_photos[0]), "--model", "skingpt4-llama2-13b")
     assert result.returncode == 2
     assert "SKINGPT_WEIGHTS" in result.stderr
+
+
+def test_worker_refuses_quantization_without_cuda_and_consumes_nothing(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    from skingpt.settings import Settings
+    from worker.app import ANSWER_TASK, create_celery
+
+    queue = f"{key_prefix}-gpu"
+    app = create_celery(Settings.from_env({}, redis_url=redis_url, queue=queue))
+    app.send_task(ANSWER_TASK, args=["job-that-must-wait"], queue=queue)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    result = _skingpt("worker", env={"SKINGPT_REDIS_URL": redis_url, "SKINGPT_QUEUE": queue,
+                                     "SKINGPT_QUANTIZE": "4bit", "SKINGPT_WEIGHTS": str(weights)})
+    assert result.returncode == 2
+    assert "needs a CUDA GPU" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # one clear message, nothing else
+    import redis
+
+    assert redis.Redis.from_url(redis_url).llen(queue) == 1
+
+
+def test_ask_refuses_quantization_on_cpu(sample_photos: list[Path]) -> None:
+    result = _skingpt("ask", str(sample_photos[0]), "--quantize", "4bit", "--device", "cpu")
+    assert result.returncode == 2
+    assert "needs a CUDA GPU" in result.stderr
