@@ -135,8 +135,16 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    names = ("model", "weights", "device", "dtype", "quantize", "seed", "max_new_tokens",
-             "allow_test_model")
+    names = (
+        "model",
+        "weights",
+        "device",
+        "dtype",
+        "quantize",
+        "seed",
+        "max_new_tokens",
+        "allow_test_model",
+    )
     return {name: getattr(args, name, None) for name in names}
 
 

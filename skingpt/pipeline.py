@@ -1,7 +1,7 @@
-"""From a photo, the earlier turns and a question to the model's answer.
+"""From a photo, the earlier turns and a question to a labelled answer.
 
-``skingpt ask`` and the Celery worker both call :meth:`Analyzer.answer`, so the preprocessing,
-prompt and generation are the same code in both.
+``skingpt ask`` and the Celery worker both call :meth:`Analyzer.answer`, so preprocessing,
+prompt and generation are the same code in both, whichever model backend is loaded.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from skingpt import prompts
-from skingpt.model.modeling import SkinGPT
-from skingpt.model.preprocess import pixel_values
+from skingpt.model.base import VisionLanguageModel
 from skingpt.settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -35,8 +34,8 @@ class Answer:
 class Analyzer:
     """Answers questions about skin photos with one loaded model."""
 
-    def __init__(self, skingpt: SkinGPT, generation: GenerationSettings) -> None:
-        self.skingpt = skingpt
+    def __init__(self, model: VisionLanguageModel, generation: GenerationSettings) -> None:
+        self.model = model
         self.generation = generation
 
     def answer(
@@ -48,47 +47,25 @@ class Analyzer:
         seed: int | None = None,
     ) -> Answer:
         """Answer ``question`` about ``image``, in the context of the earlier turns."""
-        image_embeds = self.skingpt.encode_image(pixel_values(image))[0]  # (32, hidden)
-        prompt, dropped = self.fit_prompt(history, question)
-        inputs_embeds = self.skingpt.embed_prompt(prompt, image_embeds)
-        generated = self.skingpt.generate(
-            inputs_embeds, self.generation, seed=self.generation.seed if seed is None else seed
+        generated = self.model.answer(
+            image,
+            history,
+            question,
+            self.generation,
+            seed=self.generation.seed if seed is None else seed,
         )
         logger.info(
             "Answered in %.2f s: %d prompt positions, %d new tokens, %d old turns left out",
             generated.seconds,
-            inputs_embeds.shape[1],
+            generated.prompt_positions,
             generated.new_tokens,
-            dropped,
+            generated.dropped_turns,
         )
         return Answer(
             text=generated.text,
-            model_name=self.skingpt.name,
-            untrained=self.skingpt.untrained,
+            model_name=self.model.name,
+            untrained=self.model.untrained,
             new_tokens=generated.new_tokens,
             seconds=generated.seconds,
-            dropped_turns=dropped,
+            dropped_turns=generated.dropped_turns,
         )
-
-    def fit_prompt(self, history: Sequence[prompts.Turn], question: str) -> tuple[str, int]:
-        """The prompt, shortened to leave room for the answer within the context length.
-
-        The reference cuts the embedded sequence from the left, which can remove the system
-        line and the image. Here the oldest finished turns go first; the image always moves
-        into the first remaining turn, and only if no earlier turn is left is the question
-        itself shortened.
-        """
-        budget = self.generation.max_context_tokens - self.generation.max_new_tokens
-        turns = list(history)
-        dropped = 0
-        prompt = prompts.build_prompt(turns, question)
-        while self.skingpt.prompt_length(prompt) > budget:
-            if turns:
-                turns.pop(0)
-                dropped += 1
-            elif len(question) > 1:
-                question = question[: len(question) * 3 // 4]
-            else:
-                raise ValueError(f"max_context_tokens leaves no room for a prompt ({budget}).")
-            prompt = prompts.build_prompt(turns, question)
-        return prompt, dropped

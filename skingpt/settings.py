@@ -16,6 +16,7 @@ from skingpt.errors import ConfigError
 _DTYPES = ("auto", "fp32", "bf16", "fp16")
 _DEVICES = ("auto", "cpu", "cuda")
 _QUANTIZE = ("none", "8bit", "4bit")
+_BACKENDS = ("auto", "skingpt4", "transformers")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quantize: str = "none"
+    backend: str = "auto"
     torch_threads: int | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
@@ -74,6 +76,10 @@ class Settings:
         if self.device not in _DEVICES:
             raise ConfigError(
                 f"SKINGPT_DEVICE must be one of {', '.join(_DEVICES)}, not {self.device!r}."
+            )
+        if self.backend not in _BACKENDS:
+            raise ConfigError(
+                f"SKINGPT_BACKEND must be one of {', '.join(_BACKENDS)}, not {self.backend!r}."
             )
         if self.quantize not in _QUANTIZE:
             raise ConfigError(

@@ -9,16 +9,22 @@ the reference ``Chat.get_context_emb`` does; the Llama model then continues the 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from skingpt import prompts
 from skingpt.errors import ConfigError, ModelUnavailable
+from skingpt.model.base import Generated, VisionLanguageModel
+from skingpt.model.native import NativeVLM, load_native
+from skingpt.model.preprocess import pixel_values
 from skingpt.model.presets import LN_VISION_EPS, TINY_RANDOM, Preset, get_preset
 from skingpt.model.tokenizer import build_tiny_tokenizer
 from skingpt.settings import GenerationSettings, Settings
@@ -26,15 +32,6 @@ from skingpt.settings import GenerationSettings, Settings
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Generated:
-    """What one generation produced."""
-
-    text: str
-    new_tokens: int
-    seconds: float
 
 
 class SkinGPT:
@@ -54,6 +51,49 @@ class SkinGPT:
         self.untrained = untrained
         self.vision_encoder_runs = 0
         _set_ln_vision_eps(model)
+
+    def answer(
+        self,
+        image: Image.Image,
+        history: Sequence[prompts.Turn],
+        question: str,
+        generation: GenerationSettings,
+        *,
+        seed: int | None,
+    ) -> Generated:
+        """Answer ``question`` about ``image`` after the earlier turns."""
+        image_embeds = self.encode_image(pixel_values(image))[0]  # (32, hidden)
+        prompt, dropped = self.fit_prompt(history, question, generation)
+        inputs_embeds = self.embed_prompt(prompt, image_embeds)
+        generated = self.generate(inputs_embeds, generation, seed=seed)
+        return dataclasses.replace(
+            generated, prompt_positions=inputs_embeds.shape[1], dropped_turns=dropped
+        )
+
+    def fit_prompt(
+        self, history: Sequence[prompts.Turn], question: str, generation: GenerationSettings
+    ) -> tuple[str, int]:
+        """The prompt, shortened to leave room for the answer within the context length.
+
+        The reference cuts the embedded sequence from the left, which can remove the system
+        line and the image. Here the oldest finished turns go first; the image always moves
+        into the first remaining turn, and only if no earlier turn is left is the question
+        itself shortened.
+        """
+        budget = generation.max_context_tokens - generation.max_new_tokens
+        turns = list(history)
+        dropped = 0
+        prompt = prompts.build_prompt(turns, question)
+        while self.prompt_length(prompt) > budget:
+            if turns:
+                turns.pop(0)
+                dropped += 1
+            elif len(question) > 1:
+                question = question[: len(question) * 3 // 4]
+            else:
+                raise ValueError(f"max_context_tokens leaves no room for a prompt ({budget}).")
+            prompt = prompts.build_prompt(turns, question)
+        return prompt, dropped
 
     @property
     def device(self) -> torch.device:
@@ -166,18 +206,27 @@ class SkinGPT:
         return self.model.get_input_embeddings().weight.dtype  # type: ignore[no-any-return]
 
 
+# First names of parameters in BLIP-2 and in transformers' LLaVA-style models, by part.
+_PART_OF = {
+    "vision_model": "vision_encoder",
+    "vision_tower": "vision_encoder",
+    "qformer": "qformer",
+    "query_tokens": "qformer",
+    "language_projection": "projection",
+    "multi_modal_projector": "projection",
+    "language_model": "language_model",
+    "lm_head": "language_model",
+}
+
+
 def parameter_counts(model: Any) -> dict[str, int]:
-    """Parameters per part, named as in the SkinGPT-4 paper."""
-
-    def count(module: torch.nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
-
-    return {
-        "vision_encoder": count(model.vision_model),
-        "qformer": count(model.qformer) + model.query_tokens.numel(),
-        "projection": count(model.language_projection),
-        "language_model": count(model.language_model),
-    }
+    """Parameters per part, named as in the SkinGPT-4 paper (``other`` for anything else)."""
+    counts: dict[str, int] = {}
+    for name, parameter in model.named_parameters():
+        first = name.removeprefix("model.").split(".", 1)[0]
+        part = _PART_OF.get(first, "other")
+        counts[part] = counts.get(part, 0) + parameter.numel()
+    return counts
 
 
 def build_on_meta(preset: Preset) -> Any:
@@ -302,15 +351,37 @@ def quantization_config(mode: str, device: torch.device, compute_dtype: torch.dt
     )
 
 
-def load_model(settings: Settings) -> SkinGPT:
-    """Build or load the model that ``settings`` names, on its device and dtype."""
+def is_skingpt_folder(folder: Path) -> bool:
+    """True for a SkinGPT-4 folder (BLIP-2 with a Llama); False for another model."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelUnavailable(f"{folder} holds no config.json; point SKINGPT_WEIGHTS at a model.")
+    config = json.loads(config_file.read_text())
+    return bool(
+        config.get("model_type") == "blip-2"
+        and config.get("text_config", {}).get("model_type") == "llama"
+    )
+
+
+def load_model(settings: Settings) -> VisionLanguageModel:
+    """Build or load the model that ``settings`` names, on its device and dtype.
+
+    A SkinGPT-4 folder is loaded with :func:`load_pretrained`; any other image-text-to-text
+    folder (MedGemma, LLaVA, Qwen2.5-VL) through transformers' auto classes.
+    ``SKINGPT_BACKEND`` can force either.
+    """
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     quantization = quantization_config(settings.quantize, device, dtype)
     started = time.monotonic()
-    if settings.weights:
+    skingpt: SkinGPT | NativeVLM
+    if settings.weights and _native_backend(settings):
+        skingpt = load_native(
+            Path(settings.weights), device=device, dtype=dtype, quantization=quantization
+        )
+    elif settings.weights:
         skingpt = load_pretrained(
             Path(settings.weights), device=device, dtype=dtype, quantization=quantization
         )
@@ -342,6 +413,12 @@ def load_model(settings: Settings) -> SkinGPT:
         footprint / 2**30,
     )
     return skingpt
+
+
+def _native_backend(settings: Settings) -> bool:
+    if settings.backend == "auto":
+        return not is_skingpt_folder(Path(settings.weights or "."))
+    return settings.backend == "transformers"
 
 
 def _set_ln_vision_eps(model: Any) -> None:

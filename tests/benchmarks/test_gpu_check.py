@@ -109,7 +109,9 @@ def test_gpu_check_without_cuda_skips_and_imports_no_service(tmp_path: Path) -> 
     assert environment["cuda_available"] is False and environment["torch"]
     for name in STAGES[1:]:
         assert report["stages"][name]["skipped"].startswith("no CUDA device")
-    assert not _imported_packages(completed.stderr) & SERVICE_PACKAGES
+    imported = _imported_packages(completed.stderr)
+    assert {"torch", "transformers", "skingpt"} <= imported
+    assert not imported & SERVICE_PACKAGES
 
 
 @pytest.fixture(scope="module")

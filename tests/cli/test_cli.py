@@ -94,8 +94,15 @@ def test_worker_refuses_quantization_without_cuda_and_consumes_nothing(
     app.send_task(ANSWER_TASK, args=["job-that-must-wait"], queue=queue)
     weights = tmp_path / "weights"
     weights.mkdir()
-    result = _skingpt("worker", env={"SKINGPT_REDIS_URL": redis_url, "SKINGPT_QUEUE": queue,
-                                     "SKINGPT_QUANTIZE": "4bit", "SKINGPT_WEIGHTS": str(weights)})
+    result = _skingpt(
+        "worker",
+        env={
+            "SKINGPT_REDIS_URL": redis_url,
+            "SKINGPT_QUEUE": queue,
+            "SKINGPT_QUANTIZE": "4bit",
+            "SKINGPT_WEIGHTS": str(weights),
+        },
+    )
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr  # one clear message, nothing else

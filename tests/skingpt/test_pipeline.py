@@ -32,8 +32,8 @@ def test_same_seed_same_answer_for_the_same_photo(
 
 def test_fit_prompt_drops_old_turns_but_keeps_system_and_image(tiny_model: SkinGPT) -> None:
     history = [Turn(f"question {i} " * 20, f"answer {i} " * 20) for i in range(12)]
-    analyzer = Analyzer(tiny_model, GenerationSettings(max_new_tokens=100, max_context_tokens=600))
-    prompt, dropped = analyzer.fit_prompt(history, "latest question")
+    generation = GenerationSettings(max_new_tokens=100, max_context_tokens=600)
+    prompt, dropped = tiny_model.fit_prompt(history, "latest question", generation)
     assert dropped > 0
     assert tiny_model.prompt_length(prompt) <= 500
     assert prompt.startswith(SYSTEM)
@@ -43,7 +43,7 @@ def test_fit_prompt_drops_old_turns_but_keeps_system_and_image(tiny_model: SkinG
 
 
 def test_fit_prompt_shortens_a_huge_question_last(tiny_model: SkinGPT) -> None:
-    analyzer = Analyzer(tiny_model, GenerationSettings(max_new_tokens=100, max_context_tokens=400))
-    prompt, _ = analyzer.fit_prompt([], "why " * 2000)
+    generation = GenerationSettings(max_new_tokens=100, max_context_tokens=400)
+    prompt, _ = tiny_model.fit_prompt([], "why " * 2000, generation)
     assert tiny_model.prompt_length(prompt) <= 300
     assert prompt.startswith(SYSTEM) and "<ImageHere>" in prompt

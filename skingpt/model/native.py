@@ -1,0 +1,144 @@
+"""Open vision-language models that transformers loads natively (MedGemma, LLaVA, Qwen2.5-VL).
+
+The model comes from ``AutoModelForImageTextToText`` and its prompt from the processor's own
+chat template, so each model is asked in the format it was trained on. The photo stands in the
+first user turn; earlier turns follow as user and assistant messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from skingpt.model.base import Generated
+from skingpt.prompts import Turn, clean_user_text
+from skingpt.settings import GenerationSettings
+
+# End-of-turn markers of common chat templates; those the tokenizer knows also stop generation.
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>")
+
+
+class NativeVLM:
+    """A transformers image-text-to-text model with its processor.
+
+    Args:
+        model: from ``AutoModelForImageTextToText``.
+        processor: from ``AutoProcessor``; must have a chat template.
+        name: the folder name, for logs and replies.
+        untrained: random weights (test models); answers must be labelled so.
+    """
+
+    def __init__(self, model: Any, processor: Any, *, name: str, untrained: bool = False) -> None:
+        if not getattr(processor, "chat_template", None):
+            raise ValueError(f"The processor of {name} has no chat template.")
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+        self.untrained = untrained
+        self.vision_encoder_runs = 0
+        self.stop_token_ids = _stop_token_ids(model, processor.tokenizer)
+
+    def messages(self, history: Sequence[Turn], question: str) -> list[dict[str, Any]]:
+        """Chat messages with the image in the first user turn."""
+        turns = [*history, Turn(question=question, answer="")]
+        messages: list[dict[str, Any]] = []
+        for index, turn in enumerate(turns):
+            content: list[dict[str, str]] = [
+                {"type": "text", "text": clean_user_text(turn.question)}
+            ]
+            if index == 0:
+                content.insert(0, {"type": "image"})
+            messages.append({"role": "user", "content": content})
+            if index < len(turns) - 1:
+                messages.append(
+                    {"role": "assistant", "content": [{"type": "text", "text": turn.answer}]}
+                )
+        return messages
+
+    def inputs(self, image: Image.Image, history: Sequence[Turn], question: str) -> Any:
+        """Processor outputs (token ids, pixels) for one prompt."""
+        text = self.processor.apply_chat_template(
+            self.messages(history, question), add_generation_prompt=True, tokenize=False
+        )
+        return self.processor(text=text, images=[image], return_tensors="pt")
+
+    @torch.inference_mode()
+    def answer(
+        self,
+        image: Image.Image,
+        history: Sequence[Turn],
+        question: str,
+        generation: GenerationSettings,
+        *,
+        seed: int | None,
+    ) -> Generated:
+        """Answer ``question`` about ``image``; the oldest turns go first if space runs out."""
+        started = time.monotonic()
+        budget = generation.max_context_tokens - generation.max_new_tokens
+        turns = list(history)
+        inputs = self.inputs(image, turns, question)
+        while inputs["input_ids"].shape[1] > budget and turns:
+            turns.pop(0)
+            inputs = self.inputs(image, turns, question)
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        self.vision_encoder_runs += 1
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=generation.max_new_tokens,
+                do_sample=generation.do_sample,
+                top_p=generation.top_p if generation.do_sample else None,
+                temperature=generation.temperature if generation.do_sample else None,
+                top_k=None,
+                repetition_penalty=generation.repetition_penalty,
+                eos_token_id=self.stop_token_ids,
+                pad_token_id=self.processor.tokenizer.pad_token_id or self.stop_token_ids[0],
+                max_time=generation.max_seconds,
+            )
+        prompt_length = inputs["input_ids"].shape[1]
+        new_tokens = output[0, prompt_length:]
+        text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return Generated(
+            text=text.strip(),
+            new_tokens=int(new_tokens.shape[0]),
+            seconds=time.monotonic() - started,
+            prompt_positions=prompt_length,
+            dropped_turns=len(history) - len(turns),
+        )
+
+
+def load_native(
+    folder: Path, *, device: torch.device, dtype: torch.dtype, quantization: Any = None
+) -> NativeVLM:
+    """Load a transformers image-text-to-text model folder and its processor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    placement: dict[str, Any] = {}
+    if quantization is not None:
+        placement = {"quantization_config": quantization, "device_map": {"": device}}
+    model: Any = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, **placement)
+    if quantization is None:
+        model = model.to(device)
+    processors: Any = AutoProcessor  # untyped in transformers
+    processor = processors.from_pretrained(folder)
+    untrained = bool(getattr(model.config, "skingpt_untrained", False))
+    return NativeVLM(model, processor, name=folder.name, untrained=untrained)
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    configured = model.generation_config.eos_token_id
+    ids = list(configured) if isinstance(configured, list) else [configured]
+    ids.append(tokenizer.eos_token_id)
+    vocabulary = tokenizer.get_vocab()
+    ids.extend(vocabulary[marker] for marker in END_OF_TURN if marker in vocabulary)
+    return list(dict.fromkeys(i for i in ids if i is not None))
