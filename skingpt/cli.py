@@ -120,6 +120,20 @@ def _parser() -> argparse.ArgumentParser:
         "reference does (default fp16)",
     )
     convert.set_defaults(run=run_convert)
+    fetch = actions.add_parser(
+        "fetch", help="download a known model from the Hugging Face hub (resumes if cut)"
+    )
+    fetch.add_argument(
+        "name",
+        help="one of: medgemma-4b-it, derm-llava-1.5-7b, llama-2-13b-chat, blip2-flan-t5-xxl",
+    )
+    fetch.add_argument("--revision", help="branch, tag or commit (default: the main branch)")
+    fetch.add_argument("--cache-dir", type=Path, help="hub cache folder (default: HF_HOME's)")
+    fetch.add_argument(
+        "--endpoint",
+        help="a hub mirror to download from (default: HF_ENDPOINT or the Hugging Face hub)",
+    )
+    fetch.set_defaults(run=run_fetch)
     inspect = actions.add_parser("inspect", help="say what a checkpoint file or folder holds")
     inspect.add_argument("path", type=Path)
     inspect.set_defaults(run=run_inspect)
@@ -218,6 +232,19 @@ def run_convert(settings: Settings, args: argparse.Namespace) -> int:
     print(f"Wrote {args.out}: {len(result.tensors)} tensors.")
     for reason, count in sorted(result.dropped.items()):
         print(f"  dropped {count:5d}: {reason}")
+    return 0
+
+
+def run_fetch(settings: Settings, args: argparse.Namespace) -> int:
+    """Download a known model into the hub cache and say how to use it."""
+    from skingpt.model.hub import KNOWN_MODELS, fetch
+
+    folder = fetch(
+        args.name, revision=args.revision, cache_dir=args.cache_dir, endpoint=args.endpoint
+    )
+    model = KNOWN_MODELS[args.name]
+    print(f"{model.repo_id} is in {folder}")
+    print(f"Licence: {model.licence}. Use: {model.use.replace('<folder>', str(folder))}")
     return 0
 
 

@@ -17,6 +17,8 @@ import redis
 
 # python-telegram-bot 22 warns on every RetryAfter unless the coming timedelta type is chosen.
 os.environ.setdefault("PTB_TIMEDELTA", "1")
+# Nothing in the tests may reach the real model hub: an accidental call fails fast on loopback.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
 DATA = Path(__file__).parent / "data"
 SAMPLE_PHOTOS = sorted(p for p in DATA.iterdir() if p.suffix in {".jpg", ".png"})
