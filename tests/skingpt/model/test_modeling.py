@@ -144,3 +144,13 @@ def test_load_pretrained_names_a_missing_tensor(tmp_path: Path, tiny_model: Skin
 def test_load_pretrained_needs_a_model_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match=r"config\.json"):
         load_pretrained(tmp_path, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_generate_is_bounded_by_time(tiny_model: SkinGPT) -> None:
+    image = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    embeds = tiny_model.embed_prompt(build_prompt([], "Q"), image)
+    patient = GenerationSettings(max_new_tokens=400, do_sample=False, max_seconds=100)
+    hurried = GenerationSettings(max_new_tokens=400, do_sample=False, max_seconds=1e-4)
+    unbounded = tiny_model.generate(embeds, patient, seed=None).new_tokens
+    assert unbounded > 20  # this prompt runs long when nothing stops it early
+    assert 1 <= tiny_model.generate(embeds, hurried, seed=None).new_tokens < 5
