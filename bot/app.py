@@ -24,6 +24,7 @@ from bot import handlers
 from bot.delivery import ReplySender
 from bot.ratelimit import RedisRateLimiter
 from bot.service import TriageService
+from bot.updates import TolerantUpdatesRequest
 from skingpt.errors import ConfigError
 from skingpt.settings import Settings
 from skingpt.store import Store
@@ -99,6 +100,7 @@ def build_application(
         .token(settings.telegram_token)
         .base_url(settings.telegram_api_url)
         .base_file_url(settings.telegram_file_url)
+        .get_updates_request(TolerantUpdatesRequest(connection_pool_size=1))
         .rate_limiter(
             RedisRateLimiter(
                 store.client,

@@ -16,7 +16,8 @@ from telegram import Bot, ReplyParameters
 from telegram.error import BadRequest, Forbidden
 
 from bot.service import TriageService
-from skingpt.replies import Outcome, format_reply
+from skingpt.replies import Outcome, format_reply, reply_body, split_reply
+from skingpt.store import Job
 
 logger = logging.getLogger(__name__)
 
@@ -74,23 +75,13 @@ class ReplySender:
             await asyncio.to_thread(self.store.ack_outbox, entry_id)
             return
         if not job.delivered:
-            text = format_reply(
-                job.outcome or Outcome.FAILED,
-                job.answer,
-                model_name=job.model_name,
-                untrained=job.untrained,
-            )
-            reply_to = (
-                ReplyParameters(job.reply_to, allow_sending_without_reply=True)
-                if job.reply_to
-                else None
-            )
             try:
-                await bot.send_message(job.chat_id, text, reply_parameters=reply_to)
+                await self._send_parts(bot, job)
             except Forbidden:
                 logger.info("Job %s: the user blocked the bot; reply dropped", job_id)
             except BadRequest as error:
                 logger.warning("Job %s: Telegram refused the reply: %s", job_id, error.message)
+                await self._send_apology(bot, job)
             await asyncio.to_thread(self.store.mark_delivered, job_id)
             logger.info("Job %s answered (%s)", job_id, job.outcome)
         if self.service.typing is not None:
@@ -99,3 +90,29 @@ class ReplySender:
         next_job = await asyncio.to_thread(self.store.release_turn, job.conv, job_id)
         if next_job is not None:
             await self.service.dispatch(next_job)
+
+    async def _send_parts(self, bot: Bot, job: Job) -> None:
+        """Send the reply, split to Telegram's length, skipping parts a retry already sent."""
+        body = reply_body(
+            job.outcome or Outcome.FAILED,
+            job.answer,
+            model_name=job.model_name,
+            untrained=job.untrained,
+        )
+        for index, part in enumerate(split_reply(body)):
+            if index < job.parts_sent:
+                continue
+            reply_to = (
+                ReplyParameters(job.reply_to, allow_sending_without_reply=True)
+                if job.reply_to and index == 0
+                else None
+            )
+            await bot.send_message(job.chat_id, part, reply_parameters=reply_to)
+            await asyncio.to_thread(self.store.mark_part_sent, job.job_id, index + 1)
+
+    async def _send_apology(self, bot: Bot, job: Job) -> None:
+        """After Telegram refused a reply, tell the user rather than leave them waiting."""
+        try:
+            await bot.send_message(job.chat_id, format_reply(Outcome.FAILED))
+        except (BadRequest, Forbidden) as error:
+            logger.warning("Job %s: the apology was refused too: %s", job.job_id, error.message)

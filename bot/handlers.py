@@ -54,7 +54,10 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await _reply(update, texts.SEND_PHOTO_FIRST)
         return
     conv, case = opened
-    question = (message.text or "")[:MAX_QUESTION_CHARS]
+    question = (message.text or "").strip()[:MAX_QUESTION_CHARS]
+    if not question:
+        await _reply(update, texts.WRITE_A_QUESTION)
+        return
     await service.ask(asker, conv, case, question)
 
 

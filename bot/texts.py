@@ -27,6 +27,8 @@ UNSUPPORTED = (
     "write your question."
 )
 
+WRITE_A_QUESTION = "Please write your question about the photo in words."
+
 EDITED = "I do not read edited messages. Please send your question again as a new message."
 
 FILE_TOO_BIG = (

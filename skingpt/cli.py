@@ -334,14 +334,25 @@ def _check_quantization_possible(settings: Settings) -> None:
 
 
 def _store(settings: Settings) -> Store:
+    """The Redis store, checked to answer before anything starts."""
+    import redis
+
     from skingpt.store import Store
 
-    return Store.from_url(
+    store = Store.from_url(
         settings.redis_url,
         prefix=settings.key_prefix,
         retention_seconds=settings.retention_seconds,
         turn_hold_seconds=settings.visibility_timeout,
     )
+    try:
+        store.client.ping()
+    except redis.RedisError as error:
+        raise ConfigError(
+            f"Redis at {_redacted(settings.redis_url)} does not answer ({error}). Start it, or "
+            "set SKINGPT_REDIS_URL."
+        ) from None
+    return store
 
 
 def _redacted(url: str) -> str:

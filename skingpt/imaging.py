@@ -20,10 +20,11 @@ logger = logging.getLogger(__name__)
 
 MIN_SIDE = 32
 
-_TOO_LARGE = (
-    "This image is too large for me to open ({width}×{height} pixels). "
-    "Please send it as a normal photo instead of a file, or a smaller copy."
-)
+# Photo formats only: Pillow's other readers (EPS, for one, runs Ghostscript) never see uploads.
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF")
+
+_SMALLER_COPY = "Please send it as a normal photo instead of a file, or a smaller copy."
+_TOO_LARGE = "This image is too large for me to open ({width}×{height} pixels). " + _SMALLER_COPY
 _NOT_AN_IMAGE = (
     "I could not read this file as an image. Please send a photo of the skin (JPEG or PNG)."
 )
@@ -47,8 +48,9 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise ImageRejected("empty", "The file you sent is empty. Please send the photo again.")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. corrupt EXIF: handled below, not printed
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_available_formats())
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejected("too_large", _TOO_LARGE.format(width=width, height=height))
@@ -59,7 +61,9 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageRejected("not_an_image", _NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected("too_large", _TOO_LARGE.format(width="?", height="?")) from None
+        raise ImageRejected(
+            "too_large", "This image is too large for me to open. " + _SMALLER_COPY
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError):
         raise ImageRejected("damaged", _DAMAGED) from None
     if min(width, height) < MIN_SIDE:
@@ -68,7 +72,14 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
             f"This image is only {width}×{height} pixels; I need at least {MIN_SIDE} on each "
             "side. Please send a closer, sharper photo.",
         )
-    return _to_rgb(_upright(image))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _to_rgb(_upright(image))
+
+
+def _available_formats() -> list[str]:
+    Image.init()
+    return [name for name in ACCEPTED_FORMATS if name in Image.OPEN]
 
 
 def normalise(image: Image.Image, *, max_side: int) -> Image.Image:

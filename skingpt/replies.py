@@ -21,8 +21,13 @@ TEST_MODEL_BANNER = (
 )
 
 
-# Control characters other than tab and newline (a model can emit them; clients show boxes).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters other than tab and newline, and the replacement character left by a token
+# cut in the middle of a UTF-8 sequence: a model can emit them, and clients show boxes.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\ufffd]")
+
+TELEGRAM_LIMIT = 4096  # UTF-16 code units per message
+_GAP = "\n\n"
+_BOUNDARIES = ("\n\n", "\n", ". ", "! ", "? ", "; ", ", ", " ")
 
 
 class Outcome(StrEnum):
@@ -55,10 +60,10 @@ _OUTCOME_TEXT = {
 }
 
 
-def format_reply(
+def reply_body(
     outcome: Outcome, answer: str = "", *, model_name: str = "", untrained: bool = False
 ) -> str:
-    """The whole reply a person reads, always ending with the disclaimer."""
+    """Everything a reply says before the disclaimer."""
     parts = []
     if untrained:
         parts.append(TEST_MODEL_BANNER.format(model=model_name or "test"))
@@ -67,5 +72,49 @@ def format_reply(
         parts.append(answer)
     else:
         parts.append(_OUTCOME_TEXT.get(outcome, _OUTCOME_TEXT[Outcome.EMPTY]))
-    parts.append(DISCLAIMER)
-    return "\n\n".join(parts)
+    return _GAP.join(parts)
+
+
+def format_reply(
+    outcome: Outcome, answer: str = "", *, model_name: str = "", untrained: bool = False
+) -> str:
+    """The whole reply a person reads, always ending with the disclaimer."""
+    body = reply_body(outcome, answer, model_name=model_name, untrained=untrained)
+    return body + _GAP + DISCLAIMER
+
+
+def split_reply(body: str, *, limit: int = TELEGRAM_LIMIT) -> list[str]:
+    """Messages of at most ``limit`` UTF-16 units, each ending with the disclaimer.
+
+    Cuts fall on a paragraph, line, sentence or word boundary where one is near enough.
+    """
+    room = limit - utf16_len(_GAP + DISCLAIMER)
+    pieces = []
+    rest = body.strip()
+    while utf16_len(rest) > room:
+        cut = _cut_point(rest, room)
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    pieces.append(rest)
+    return [piece + _GAP + DISCLAIMER for piece in pieces if piece]
+
+
+def utf16_len(text: str) -> int:
+    """Length as Telegram counts it: characters outside the BMP count twice."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _cut_point(text: str, room: int) -> int:
+    fits = 0
+    used = 0
+    for char in text:
+        used += 2 if ord(char) > 0xFFFF else 1
+        if used > room:
+            break
+        fits += 1
+    window = text[:fits]
+    for boundary in _BOUNDARIES:
+        at = window.rfind(boundary)
+        if at > fits // 2:
+            return at + len(boundary)
+    return fits

@@ -32,6 +32,21 @@ class GenerationSettings:
     max_seconds: float = 120.0
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= self.max_context_tokens - 64:
+            raise ConfigError(
+                f"SKINGPT_MAX_NEW_TOKENS={self.max_new_tokens} must be between 1 and "
+                f"SKINGPT_MAX_CONTEXT_TOKENS - 64 ({self.max_context_tokens - 64}), so that the "
+                "photo and the question still fit."
+            )
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ConfigError(
+                "Sampling needs SKINGPT_TEMPERATURE > 0 and 0 < SKINGPT_TOP_P <= 1; "
+                "for deterministic answers set SKINGPT_DO_SAMPLE=false instead."
+            )
+        if self.max_seconds <= 0 or self.repetition_penalty <= 0:
+            raise ConfigError("SKINGPT_MAX_SECONDS and SKINGPT_REPETITION_PENALTY must be > 0.")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -56,7 +71,7 @@ class Settings:
     task_soft_time_limit: int = 240
     task_time_limit: int = 300
     visibility_timeout: int = 3600
-    model_load_timeout: int = 1800
+    max_deliveries: int = 3
 
     telegram_token: str | None = field(default=None, repr=False)
     telegram_api_url: str = "https://api.telegram.org/bot"
@@ -90,6 +105,8 @@ class Settings:
                 f"SKINGPT_QUANTIZE={self.quantize} needs a CUDA GPU, but SKINGPT_DEVICE=cpu. "
                 "On CPU use SKINGPT_QUANTIZE=none with fp32 or bf16."
             )
+        if self.max_deliveries < 1:
+            raise ConfigError("SKINGPT_MAX_DELIVERIES must be at least 1.")
         if self.retention_seconds < 60:
             raise ConfigError("SKINGPT_RETENTION_SECONDS must be at least 60.")
         if not 0 < self.task_soft_time_limit < self.task_time_limit:

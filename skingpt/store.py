@@ -93,6 +93,7 @@ class Job:
     untrained: bool = False
     delivered: bool = False
     attempts: int = 0
+    parts_sent: int = 0
 
 
 class Store:
@@ -232,6 +233,7 @@ class Store:
             untrained=data.get("untrained") == "1",
             delivered=data.get("delivered") == "1",
             attempts=int(data.get("attempts", 0)),
+            parts_sent=int(data.get("parts_sent", 0)),
         )
 
     def mark_running(self, job_id: str) -> int:
@@ -240,6 +242,10 @@ class Store:
             pipe.hincrby(self.key("job", job_id), "attempts", 1)
             pipe.hset(self.key("job", job_id), "status", "running")
             return int(pipe.execute()[0])
+
+    def forget_attempt(self, job_id: str) -> None:
+        """Take back the count of a delivery that did not run the job (model still loading)."""
+        self.client.hincrby(self.key("job", job_id), "attempts", -1)
 
     def complete_job(
         self,
@@ -306,6 +312,10 @@ class Store:
             pipe.xack(self.key("outbox"), OUTBOX_GROUP, entry_id)
             pipe.xdel(self.key("outbox"), entry_id)
             pipe.execute()
+
+    def mark_part_sent(self, job_id: str, parts: int) -> None:
+        """Record how many messages of a long reply went out, so a retry sends only the rest."""
+        self.client.hset(self.key("job", job_id), "parts_sent", parts)
 
     def mark_delivered(self, job_id: str) -> None:
         self.client.hset(self.key("job", job_id), "delivered", 1)

@@ -115,3 +115,23 @@ def test_ask_refuses_quantization_on_cpu(sample_photos: list[Path]) -> None:
     result = _skingpt("ask", str(sample_photos[0]), "--quantize", "4bit", "--device", "cpu")
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr
+
+
+def test_bot_says_when_redis_does_not_answer() -> None:
+    result = _skingpt(
+        "bot",
+        "--allow-test-model",
+        env={
+            "SKINGPT_TELEGRAM_TOKEN": "1:x",
+            "SKINGPT_REDIS_URL": "redis://:secret@127.0.0.1:9/0",
+        },
+    )
+    assert result.returncode == 2
+    assert "does not answer" in result.stderr and "Traceback" not in result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_ask_refuses_generation_settings_that_cannot_work(sample_photos: list[Path]) -> None:
+    result = _skingpt("ask", str(sample_photos[0]), "--max-new-tokens", "3000")
+    assert result.returncode == 2
+    assert "SKINGPT_MAX_NEW_TOKENS" in result.stderr and "Traceback" not in result.stderr

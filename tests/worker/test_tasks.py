@@ -71,3 +71,35 @@ def test_answer_turn_ignores_a_job_that_no_longer_exists(
 ) -> None:
     _, run = setup
     assert run("0" * 32) == "expired"
+
+
+def test_answer_turn_gives_up_on_a_job_that_keeps_killing_its_worker(
+    setup: tuple[Store, Callable[[str], str]], sample_photos: list[Path]
+) -> None:
+    store, run = setup
+    store.ensure_outbox_group()
+    _, job = _job(store, sample_photos[0])
+    for _ in range(3):  # three deliveries whose worker process died mid-job
+        store.mark_running(job)
+    assert run(job) == Outcome.FAILED.value
+    loaded = store.load_job(job)
+    assert loaded is not None and loaded.outcome is Outcome.FAILED and loaded.answer == ""
+    assert [j for _, j in store.read_outbox("test", block_ms=10)] == [job]
+
+
+def test_answer_turn_replies_when_the_model_raises(
+    setup: tuple[Store, Callable[[str], str]],
+    sample_photos: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, run = setup
+    _, job = _job(store, sample_photos[0])
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr("skingpt.pipeline.Analyzer.answer", out_of_memory)
+    assert run(job) == Outcome.FAILED.value
+    _, healthy = _job(store, sample_photos[1])
+    monkeypatch.undo()
+    assert run(healthy) == Outcome.ANSWERED.value
