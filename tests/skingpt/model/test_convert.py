@@ -191,6 +191,15 @@ def test_convert_hub_layout_gives_the_same_model(source: SkinGPT, tmp_path: Path
     _assert_same_weights(
         load_pretrained(tmp_path / "out", device=CPU, dtype=torch.float32), source
     )
+    from skingpt.model.checkpoints import describe
+
+    described = describe(hub)
+    assert described["layout"] == "hf-blip2"
+    assert set(described["parameters"]) == {"vision_encoder", "qformer"}
+    assert described["dropped_parameters"] == {
+        "the hub model's projection into Flan-T5": 16 * 32,
+        "the hub model's Flan-T5-XXL": 10 * 16,
+    }
 
 
 def test_convert_minigpt4_style_checkpoint(source: SkinGPT, tmp_path: Path) -> None:
@@ -210,6 +219,9 @@ def test_convert_minigpt4_style_checkpoint(source: SkinGPT, tmp_path: Path) -> N
     _assert_same_weights(
         load_pretrained(tmp_path / "out", device=CPU, dtype=torch.float32), source
     )
+    from skingpt.model.checkpoints import describe
+
+    assert describe(paths["skingpt4.pth"])["layout"] == "minigpt4-checkpoint"
 
 
 def test_convert_rounds_vit_weights_through_fp16_by_default(
