@@ -15,6 +15,7 @@ from telegram.ext import (
     Application,
     ApplicationBuilder,
     BaseUpdateProcessor,
+    CallbackQueryHandler,
     CommandHandler,
     MessageHandler,
     filters,
@@ -120,6 +121,10 @@ def build_application(
     new_message = filters.UpdateType.MESSAGE
     application.add_handler(CommandHandler("start", handlers.start))
     application.add_handler(CommandHandler("help", handlers.help_command))
+    application.add_handler(
+        CallbackQueryHandler(handlers.analyse_anyway, pattern=rf"^{handlers.ANALYSE}:")
+    )
+    application.add_handler(CallbackQueryHandler(handlers.stale_button))
     application.add_handler(MessageHandler(filters.UpdateType.EDITED, handlers.edited))
     application.add_handler(MessageHandler(new_message & filters.PHOTO, handlers.photo))
     application.add_handler(MessageHandler(new_message & filters.Document.ALL, handlers.document))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from telegram import Message, Update
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
@@ -17,6 +18,7 @@ from skingpt.prompts import DEFAULT_QUESTION
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_LIMIT_BYTES = 20 * 1024 * 1024
+ANALYSE = "analyse"  # callback data prefix of the "analyse anyway" button
 MAX_QUESTION_CHARS = 2000
 
 
@@ -61,6 +63,29 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await service.ask(asker, conv, case, question)
 
 
+async def analyse_anyway(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Analyse a photo the quality check warned about, once, for the person who sent it."""
+    query = update.callback_query
+    assert query is not None and query.data is not None
+    await query.answer()
+    job_id = query.data.partition(":")[2]
+    chat_id = query.message.chat.id if query.message else query.from_user.id
+    asker = Asker(chat_id=chat_id, user_id=query.from_user.id, message_id=None)
+    released = await _service(context).release_held(asker, job_id)
+    if query.message is not None:
+        with contextlib.suppress(TelegramError):
+            await query.edit_message_reply_markup(reply_markup=None)
+    if not released:
+        await context.bot.send_message(chat_id, texts.STALE_BUTTON)
+
+
+async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Answer a button this version of the bot no longer knows."""
+    query = update.callback_query
+    assert query is not None
+    await query.answer(texts.STALE_BUTTON)
+
+
 async def edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Ask for a new message instead of an edit."""
     await _reply(update, texts.EDITED)
@@ -97,13 +122,21 @@ async def _analyse_upload(
         await _reply(update, texts.FILE_TOO_BIG if too_big else texts.DOWNLOAD_FAILED)
         return
     try:
-        image_png = await asyncio.to_thread(service.prepare_photo, data)
+        image_png, issues = await asyncio.to_thread(service.prepare_photo, data)
     except ImageRejected as rejected:
         logger.info("Upload refused: %s", rejected.reason)
         await _reply(update, rejected.user_message)
         return
     question = (message.caption or "").strip()[:MAX_QUESTION_CHARS] or DEFAULT_QUESTION
-    await service.new_case(_asker(update), image_png, question)
+    if not issues:
+        await service.new_case(_asker(update), image_png, question)
+        return
+    logger.info("Photo held by the quality check: %s", ", ".join(i.code for i in issues))
+    job_id = await service.new_case(_asker(update), image_png, question, hold=True)
+    button = InlineKeyboardButton(texts.ANALYSE_ANYWAY, callback_data=f"{ANALYSE}:{job_id}")
+    await message.reply_text(
+        texts.quality_report(issues), reply_markup=InlineKeyboardMarkup([[button]])
+    )
 
 
 def _service(context: ContextTypes.DEFAULT_TYPE) -> TriageService:

@@ -17,6 +17,7 @@ from telegram.constants import ChatAction
 from telegram.error import TelegramError
 
 from skingpt.imaging import encode_png, load_image, normalise
+from skingpt.quality import QualityIssue, assess
 from skingpt.settings import Settings
 from skingpt.store import Store
 from worker.app import ANSWER_TASK
@@ -95,17 +96,39 @@ class TriageService:
         """Attach the running bot (for "typing…")."""
         self.typing = TypingIndicator(bot, max_seconds=self.settings.task_time_limit * 2)
 
-    def prepare_photo(self, data: bytes) -> bytes:
-        """Decode, check and normalise an upload into the PNG that is stored (CPU work)."""
+    def prepare_photo(self, data: bytes) -> tuple[bytes, list[QualityIssue]]:
+        """Decode, normalise and check an upload: the PNG to store and its quality issues."""
         image = load_image(data, max_pixels=self.settings.max_image_pixels)
-        return encode_png(normalise(image, max_side=self.settings.stored_image_side))
+        image = normalise(image, max_side=self.settings.stored_image_side)
+        return encode_png(image), assess(image)
 
-    async def new_case(self, asker: Asker, image_png: bytes, question: str) -> str:
-        """Open a case for a new photo and queue its first question; returns the job id."""
+    async def new_case(
+        self, asker: Asker, image_png: bytes, question: str, *, hold: bool = False
+    ) -> str:
+        """Open a case for a new photo with its first question; returns the job id.
+
+        With ``hold``, the job waits until :meth:`release_held` (the person chose to have a
+        photo analysed despite its quality issues).
+        """
         conv = await asyncio.to_thread(self.store.pseudonym, asker.chat_id, asker.user_id)
         case = await asyncio.to_thread(self.store.start_case, conv, image_png)
         logger.info("Case %s opened for %s", case[:8], conv[:8])
+        if hold:
+            return await self.create_job(asker, conv, case, question)
         return await self.ask(asker, conv, case, question)
+
+    async def release_held(self, asker: Asker, job_id: str) -> bool:
+        """Queue a held job if it is the asker's, still waiting, and its photo still open."""
+        conv = await asyncio.to_thread(self.store.pseudonym, asker.chat_id, asker.user_id)
+        job = await asyncio.to_thread(self.store.load_job, job_id)
+        if job is None or job.conv != conv or job.status != "new":
+            return False
+        if await asyncio.to_thread(self.store.open_case, conv) != job.case:
+            return False
+        if not await asyncio.to_thread(self.store.take_held, job_id):
+            return False  # a second tap on the same button
+        await self.queue(asker.chat_id, conv, job_id)
+        return True
 
     async def open_case(self, asker: Asker) -> tuple[str, str] | None:
         """The asker's conversation id and open case, if a photo is still stored."""
@@ -115,7 +138,13 @@ class TriageService:
 
     async def ask(self, asker: Asker, conv: str, case: str, question: str) -> str:
         """Queue a question about a case, behind any earlier job of the same pair."""
-        job_id = await asyncio.to_thread(
+        job_id = await self.create_job(asker, conv, case, question)
+        await self.queue(asker.chat_id, conv, job_id)
+        return job_id
+
+    async def create_job(self, asker: Asker, conv: str, case: str, question: str) -> str:
+        """Record a question; it runs only once queued."""
+        return await asyncio.to_thread(
             lambda: self.store.new_job(
                 conv=conv,
                 case=case,
@@ -124,13 +153,15 @@ class TriageService:
                 question=question,
             )
         )
+
+    async def queue(self, chat_id: int, conv: str, job_id: str) -> None:
+        """Hand the job to the workers now, or line it up behind the pair's running job."""
         if self.typing is not None:
-            self.typing.start(asker.chat_id, job_id)
+            self.typing.start(chat_id, job_id)
         if await asyncio.to_thread(self.store.claim_turn, conv, job_id):
             await self.dispatch(job_id)
         else:
             logger.info("Job %s waits for the previous answer in its conversation", job_id)
-        return job_id
 
     async def dispatch(self, job_id: str) -> None:
         """Copy the finished turns into the job and hand it to the workers."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from skingpt.quality import QualityIssue
 from skingpt.replies import DISCLAIMER
 
 START = (
@@ -26,6 +29,22 @@ UNSUPPORTED = (
     "I can only read photos of skin and text messages. Please send a photo of the skin, or "
     "write your question."
 )
+
+ANALYSE_ANYWAY = "Analyse anyway"
+
+STALE_BUTTON = "That photo is no longer waiting to be analysed. Please send the photo again."
+
+
+def quality_report(issues: Sequence[QualityIssue]) -> str:
+    """What is wrong with a photo and how to take a better one."""
+    lines = ["Before I look at this photo:"]
+    lines += [f"• {issue.problem} {issue.tip}" for issue in issues]
+    lines.append(
+        "\nA better photo gives a more useful answer. Send a new photo, or tap "
+        f"“{ANALYSE_ANYWAY}” to use this one."
+    )
+    return "\n".join(lines)
+
 
 WRITE_A_QUESTION = "Please write your question about the photo in words."
 

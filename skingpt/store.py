@@ -243,6 +243,10 @@ class Store:
             pipe.hset(self.key("job", job_id), "status", "running")
             return int(pipe.execute()[0])
 
+    def take_held(self, job_id: str) -> bool:
+        """True only the first time a held job is released."""
+        return bool(self.client.hsetnx(self.key("job", job_id), "released", 1))
+
     def forget_attempt(self, job_id: str) -> None:
         """Take back the count of a delivery that did not run the job (model still loading)."""
         self.client.hincrby(self.key("job", job_id), "attempts", -1)

@@ -282,3 +282,48 @@ def test_worker_parent_never_loads_torch(services: Services) -> None:
     services.api.wait_for_messages(5001, 1, timeout=REPLY_TIMEOUT)
     assert any(maps_torch(child) for child in children)
     assert not maps_torch(parent)
+
+
+def test_blurred_photo_is_held_until_the_user_asks_for_it_once(
+    services: Services, sample_photos: list[Path]
+) -> None:
+    import io
+
+    from PIL import Image, ImageFilter
+
+    api = services.api
+    user = 6001
+    sharp = Image.open(sample_photos[0]).convert("RGB")
+    buffer = io.BytesIO()
+    sharp.filter(ImageFilter.GaussianBlur(max(sharp.size) / 200)).save(buffer, "JPEG")
+    api.send_photo(user, buffer.getvalue(), caption="What is this?")
+
+    gate = api.wait_for_messages(user, 1)[0]
+    assert "The photo looks blurred." in gate["text"]
+    button = gate["reply_markup"]["inline_keyboard"][0][0]
+    assert button["text"] == texts.ANALYSE_ANYWAY
+    assert not [j for j in _jobs(services) if int(j["chat_id"]) == user and j["status"] != "new"]
+
+    def tap(query_id: str) -> None:
+        api.send_update(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "chat_instance": "c1",
+                    "data": button["callback_data"],
+                    "from": {"id": user, "is_bot": False, "first_name": "Ana"},
+                    "message": gate,
+                }
+            }
+        )
+
+    tap("q1")
+    answer = api.wait_for_messages(user, 2, timeout=REPLY_TIMEOUT)[1]
+    assert DISCLAIMER in answer["text"] and "TEST MODEL" in answer["text"]
+    tap("q2")  # a second tap must not analyse the photo again
+    stale = api.wait_for_messages(user, 3)[2]
+    assert stale["text"] == texts.STALE_BUTTON
+    time.sleep(1.0)
+    assert len(api.messages(user)) == 3
+    assert len(api.calls("answerCallbackQuery")) >= 2
+    assert api.messages(user)[0].get("reply_markup") in (None, {})
