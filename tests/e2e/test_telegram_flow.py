@@ -227,7 +227,7 @@ def test_messages_without_a_usable_photo_get_a_clear_reply(services: Services) -
         }
     )
     api.send_text(4001, "/start")
-    api.send_text(4002, "What is this rash on my arm?")
+    api.send_text(400200137, "What is this rash on my arm?")
     api.send_document(
         4003, b"%PDF-1.4 not an image", file_name="scan.pdf", mime_type="application/pdf"
     )
@@ -252,13 +252,13 @@ def test_messages_without_a_usable_photo_get_a_clear_reply(services: Services) -
     )
 
     assert DISCLAIMER in api.wait_for_messages(4001, 1)[0]["text"]
-    assert api.wait_for_messages(4002, 1)[0]["text"] == texts.SEND_PHOTO_FIRST
+    assert api.wait_for_messages(400200137, 1)[0]["text"] == texts.SEND_PHOTO_FIRST
     assert "could not read this file as an image" in api.wait_for_messages(4003, 1)[0]["text"]
     assert api.wait_for_messages(4004, 1)[0]["text"] == texts.UNSUPPORTED
     _assert_alive(services)
     bot_log = (services.logs / "bot.log").read_text(errors="replace")
     assert "Skipped update" in bot_log
-    for private in ("What is this rash on my arm?", "Zed", "4002", TOKEN):
+    for private in ("What is this rash on my arm?", "Zed", "400200137", TOKEN):
         assert private not in bot_log
 
 
