@@ -21,33 +21,14 @@ def _skingpt(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 def test_ask_prints_a_labelled_reply_with_the_disclaimer(sample_photos: list[Path]) -> None:
-    result = _skingpt(
-        "ask",
-        str(sample_photos[0]),
-        "What is this?",
-        "--then",
-        "Is it contagious?",
-        "--seed",
-        "3",
-        "--max-new-tokens",
-        "16",
-    )
+    question = [str(sample_photos[0]), "What is this?", "--then", "Is it contagious?"]
+    seeded = ["--seed", "3", "--max-new-tokens", "16"]
+    result, again = (_skingpt("ask", *question, *seeded) for _ in range(2))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(DISCLAIMER) == 2
     assert result.stdout.count("TEST MODEL") == 2
     assert "> Is it contagious?" in result.stdout
-    again = _skingpt(
-        "ask",
-        str(sample_photos[0]),
-        "What is this?",
-        "--then",
-        "Is it contagious?",
-        "--seed",
-        "3",
-        "--max-new-tokens",
-        "16",
-    )
-    assert again.stdout == result.stdout
+    assert again.stdout == result.stdout  # the same seed gives the same answers
 
 
 def test_ask_refuses_a_file_that_is_not_an_image(tmp_path: Path) -> None:
