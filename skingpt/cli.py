@@ -170,6 +170,9 @@ def _configure_logging(level: str) -> None:
     # httpx logs every request URL at INFO, and Bot API URLs contain the token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    if level.upper() != "DEBUG":
+        # Progress bars of weight loading are noise in `ask` output and in service logs.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def run_ask(settings: Settings, args: argparse.Namespace) -> int:
@@ -286,12 +289,12 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.app import create_celery
     from worker.tasks import register_tasks
 
-    if settings.weights is None:
-        get_preset(settings.model)
-    elif not Path(settings.weights).is_dir():
-        raise ConfigError(f"SKINGPT_WEIGHTS={settings.weights} is not a folder.")
     if settings.quantize != "none":
         _check_quantization_possible(settings)
+    if settings.weights is None:
+        get_preset(settings.model)
+    else:
+        settings = _checked_weights(settings)
     if settings.is_test_model:
         logger.warning("This worker runs tiny-random, an untrained test model")
     app = create_celery(settings)
@@ -309,6 +312,24 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def _checked_weights(settings: Settings) -> Settings:
+    """Check the model folder before taking any job; the children then skip the checksums."""
+    import dataclasses
+
+    from skingpt.model.folders import is_skingpt_folder, verify_files
+
+    folder = Path(settings.weights or "")
+    skingpt = is_skingpt_folder(folder)
+    if settings.verify_weights:
+        logger.info("Checking the files of %s", folder)
+        verify_files(folder, required=skingpt)
+    if settings.backend == "transformers" and skingpt:
+        raise ConfigError(f"{folder} is a SkinGPT-4 folder; use SKINGPT_BACKEND=auto or skingpt4.")
+    if settings.backend == "skingpt4" and not skingpt:
+        raise ConfigError(f"{folder} is not a SkinGPT-4 folder; use SKINGPT_BACKEND=auto.")
+    return dataclasses.replace(settings, verify_weights=False)
 
 
 def _check_quantization_possible(settings: Settings) -> None:

@@ -58,6 +58,7 @@ class Settings:
     dtype: str = "auto"
     quantize: str = "none"
     backend: str = "auto"
+    verify_weights: bool = True
     torch_threads: int | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 

@@ -9,6 +9,8 @@ first waits for the load to finish.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +39,16 @@ class ModelHolder:
         self._ready = threading.Event()
         self._analyzer: Analyzer | None = None
         self._error: Exception | None = None
+        self._stop_worker_on_failure = False
 
-    def start_loading(self) -> None:
+    def start_loading(self, *, stop_worker_on_failure: bool = False) -> None:
+        """Load in a background thread.
+
+        Args:
+            stop_worker_on_failure: in a Celery child, a model that cannot load stops the whole
+                worker (its parent), so that it takes no more jobs it cannot answer.
+        """
+        self._stop_worker_on_failure = stop_worker_on_failure
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
     def get(self, timeout: float) -> Analyzer | None:
@@ -60,8 +70,11 @@ class ModelHolder:
 
             self._analyzer = Analyzer(load_model(self.settings), self.settings.generation)
         except Exception as error:
-            logger.exception("Loading the model failed")
+            logger.critical("Loading the model failed: %s", error, exc_info=True)
             self._error = error
+            if self._stop_worker_on_failure:
+                logger.critical("Stopping this worker: it cannot answer jobs without a model")
+                os.kill(os.getppid(), signal.SIGTERM)
         finally:
             self._ready.set()
 
@@ -73,7 +86,7 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
     model_wait = max(1.0, settings.task_soft_time_limit - 10.0)
 
     def load_in_child(**_: Any) -> None:
-        holder.start_loading()
+        holder.start_loading(stop_worker_on_failure=True)
 
     worker_process_init.connect(load_in_child, weak=False)
 

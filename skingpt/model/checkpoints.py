@@ -10,10 +10,14 @@ from typing import Any
 import torch
 
 from skingpt.errors import ModelUnavailable
-from skingpt.model.convert import PROVENANCE_FILE, map_key, read_tensors
+from skingpt.model.convert import map_key, read_tensors
+from skingpt.model.folders import PROVENANCE_FILE, verify_files
 
 _PARTS = (
     ("vision_model.", "vision_encoder"),
+    ("vision_tower.", "vision_encoder"),
+    ("multi_modal_projector.", "projection"),
+    ("lm_head.", "language_model"),
     ("qformer.", "qformer"),
     ("query_tokens", "qformer"),
     ("language_projection.", "projection"),
@@ -28,6 +32,8 @@ _USE = {
     "minigpt4-checkpoint": "input to `skingpt weights convert --checkpoint`",
     "hf-blip2": "input to `skingpt weights convert --blip2-hub`",
     "hf-llama": "input to `skingpt weights convert --llama`",
+    "transformers-vlm": "loaded by `skingpt worker` / `skingpt ask` with SKINGPT_WEIGHTS "
+    "(transformers backend)",
 }
 
 
@@ -40,7 +46,7 @@ def describe(path: Path) -> dict[str, Any]:
     parts: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
     unknown: list[str] = []
-    converted = layout == "skingpt-converted"
+    converted = layout in {"skingpt-converted", "transformers-vlm"}
     for key, tensor in tensors.items():
         try:
             # A converted folder is already in the target names.
@@ -68,9 +74,13 @@ def describe(path: Path) -> dict[str, Any]:
         report["projection"] = f"{projection.shape[1]} -> {projection.shape[0]}"
     if layout == "skingpt-converted":
         report["missing"] = _missing(path, tensors)
-        provenance = path / PROVENANCE_FILE
-        if provenance.is_file():
-            report["provenance"] = json.loads(provenance.read_text())
+    if path.is_dir() and (path / PROVENANCE_FILE).is_file():
+        report["provenance"] = json.loads((path / PROVENANCE_FILE).read_text())
+        try:
+            verify_files(path, required=True)
+            report["checksums"] = "all files match the record"
+        except ModelUnavailable as problem:
+            report["checksums"] = str(problem)
     return report
 
 
@@ -80,6 +90,8 @@ def _layout(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
     if config.get("model_type") == "blip-2":
         text_type = config.get("text_config", {}).get("model_type")
         return ("skingpt-converted" if text_type == "llama" else "hf-blip2"), ""
+    if config.get("vision_config") and config.get("text_config"):
+        return "transformers-vlm", ""
     if config.get("model_type") == "llama" or any(k.startswith("model.layers.") for k in keys):
         return "hf-llama", "llm_model."
     if "llama_proj.weight" in tensors:
@@ -103,7 +115,8 @@ def _config(path: Path) -> dict[str, Any]:
 
 
 def _part(target: str) -> str:
-    return next(part for prefix, part in _PARTS if target.startswith(prefix))
+    target = target.removeprefix("model.")
+    return next((part for prefix, part in _PARTS if target.startswith(prefix)), "other")
 
 
 def _missing(path: Path, tensors: dict[str, torch.Tensor]) -> list[str]:

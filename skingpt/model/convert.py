@@ -16,13 +16,12 @@ filled exactly once, with the shape the model expects.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,11 @@ from typing import Any
 import torch
 
 from skingpt.errors import ModelUnavailable
+from skingpt.model.folders import record_files, sha256
 from skingpt.model.presets import Preset
 
 logger = logging.getLogger(__name__)
 
-PROVENANCE_FILE = "skingpt_weights.json"
 SHARD_BYTES = 4 * 2**30
 
 _V = "vision_model."
@@ -170,24 +169,58 @@ def map_key(key: str) -> tuple[str | None, str]:
     )
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file or folder, without running any pickled code."""
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
-        if not files:
-            raise ModelUnavailable(f"{path} holds no *.safetensors or pytorch_model*.bin files.")
-        tensors: dict[str, torch.Tensor] = {}
-        for file in files:
-            tensors.update(read_tensors(file))
-        return tensors
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files transformers would read from a folder: the index's, or all of one kind."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                names = set(json.loads(index.read_text())["weight_map"].values())
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise ModelUnavailable(f"{index} is not a valid weight index.") from None
+            return [folder / name for name in sorted(names)]
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise ModelUnavailable(f"{folder} holds no *.safetensors or pytorch_model*.bin files.")
+    return files
 
-        return load_file(path)
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file or folder, without running any pickled code.
+
+    A tensor found in two files of one folder is an error, never silently overwritten.
+    """
+    if path.is_dir():
+        tensors: dict[str, torch.Tensor] = {}
+        found_in: dict[str, str] = {}
+        for file in weight_files(path):
+            for key, tensor in read_tensors(file).items():
+                if key in found_in:
+                    raise ModelUnavailable(
+                        f"{path}: {key} is in both {found_in[key]} and {file.name}; remove the "
+                        "stale file."
+                    )
+                tensors[key] = tensor
+                found_in[key] = file.name
+        return tensors
+    if not path.is_file():
+        raise ModelUnavailable(f"{path} does not exist or is not a file.")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # an old, non-zip checkpoint cannot be memory-mapped
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # an old, non-zip checkpoint cannot be memory-mapped
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except ModelUnavailable:
+        raise
+    except Exception as error:  # unreadable, truncated, or a pickle that is not plain tensors
+        raise ModelUnavailable(
+            f"{path} cannot be read as a checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else 'no detail'})."
+        ) from None
     return _state_dict(loaded, path)
 
 
@@ -208,43 +241,37 @@ def _state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(16 * 2**20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _source_files(path: Path) -> Iterator[Path]:
-    if path.is_dir():
-        yield from sorted(p for p in path.iterdir() if p.is_file())
-    else:
-        yield path
-
-
 def collect(sources: Mapping[str, tuple[Path, str]]) -> Conversion:
     """Map the tensors of every source; ``sources`` maps a role to (path, key prefix)."""
     result = Conversion()
     qv_biases: dict[str, dict[str, torch.Tensor]] = {}
     for role, (path, prefix) in sources.items():
-        result.sources[role] = {
-            file.name: sha256(file) for file in _source_files(path) if _is_weights(file)
-        }
-        for key, tensor in read_tensors(path).items():
+        files = weight_files(path) if path.is_dir() else [path]
+        tensors = read_tensors(path)
+        result.sources[role] = {file.name: sha256(file) for file in files}
+        for key, tensor in tensors.items():
             source_key = prefix + key
-            target, reason = map_key(source_key)
+            try:
+                target, reason = map_key(source_key)
+            except ModelUnavailable:
+                raise ModelUnavailable(
+                    f"{path} (given as --{role.replace('_', '-')}) holds {key!r}, which that "
+                    f"option does not take. Check that each file is given to the right option."
+                ) from None
             if target is None:
                 result.dropped[reason] += 1
                 continue
+            _check_finite(key, tensor, path)
             if source_key.endswith(("attn.q_bias", "attn.v_bias")):
-                qv_biases.setdefault(target, {})[source_key[-6]] = tensor
+                part = source_key[-6]
+                if part in qv_biases.get(target, {}):
+                    raise ModelUnavailable(f"{key} is given twice; the second is in {path}.")
+                qv_biases.setdefault(target, {})[part] = tensor
                 continue
             if target in result.tensors:
                 raise ModelUnavailable(
                     f"{target} is given twice: by {result.origin[target]} and by "
-                    f"{role}:{key}. Pass each part from one source only."
+                    f"{role}:{key}. Each option takes its own file: is one file given twice?"
                 )
             result.tensors[target] = tensor
             result.origin[target] = f"{role}:{key}"
@@ -258,8 +285,11 @@ def collect(sources: Mapping[str, tuple[Path, str]]) -> Conversion:
     return result
 
 
-def _is_weights(file: Path) -> bool:
-    return file.suffix in {".pth", ".pt", ".bin", ".safetensors"}
+def _check_finite(key: str, tensor: torch.Tensor, path: Path) -> None:
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ModelUnavailable(
+            f"{key} in {path} holds NaN or infinite values; the file is damaged."
+        )
 
 
 def check_against_model(tensors: Mapping[str, torch.Tensor], model: Any) -> None:
@@ -324,8 +354,21 @@ def convert(
     started = time.monotonic()
     if blip2_hub is None and (vision is None or qformer is None):
         raise ModelUnavailable("Give both the ViT and the Q-Former files, or a BLIP-2 hub folder.")
-    if out.exists() and any(out.iterdir()):
-        raise ModelUnavailable(f"{out} is not empty; choose a new folder.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelUnavailable(f"{out} exists and is not an empty folder; choose a new folder.")
+    for option, given in (
+        ("--llama", llama),
+        ("--checkpoint", checkpoint),
+        ("--vision", vision),
+        ("--qformer", qformer),
+        ("--blip2-hub", blip2_hub),
+    ):
+        if given is not None and not given.exists():
+            raise ModelUnavailable(f"{option} {given} does not exist.")
+    if not (llama / "config.json").is_file():
+        raise ModelUnavailable(
+            f"--llama {llama} is not a transformers Llama folder (it has no config.json)."
+        )
     sources: dict[str, tuple[Path, str]] = {}
     if blip2_hub is not None:
         sources["blip2_hub"] = (blip2_hub, "")
@@ -345,7 +388,7 @@ def convert(
     tensors = _cast(result.tensors, dtype=dtype, vit_precision=vit_precision)
 
     out.mkdir(parents=True, exist_ok=True)
-    files = _write_shards(tensors, out)
+    _write_shards(tensors, out)
     config.save_pretrained(out)
     AutoTokenizer.from_pretrained(llama).save_pretrained(out)
     provenance = {
@@ -354,10 +397,9 @@ def convert(
         "dtype": str(dtype).removeprefix("torch."),
         "vit_precision": vit_precision,
         "sources": result.sources,
-        "files": {name: sha256(out / name) for name in files},
         "dropped": dict(result.dropped),
     }
-    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    record_files(out, provenance)
     logger.info(
         "Converted %d tensors into %s in %.1f s; dropped %d (%s)",
         len(tensors),
@@ -379,9 +421,12 @@ def _meta_model(config: Any) -> Any:
 def _cast(
     tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype, vit_precision: str
 ) -> dict[str, torch.Tensor]:
+    # LAVIS rounds the weights and biases of Conv and Linear layers; EVA's q/v biases are
+    # parameters of their own (qkv.bias here) and stay in fp32.
     vit_linear = re.compile(
-        r"vision_model\.(encoder\.layers\.\d+\.(self_attn|mlp)\.\w+|"
-        r"embeddings\.patch_embedding)\.(weight|bias)"
+        r"vision_model\.(encoder\.layers\.\d+\.(self_attn\.qkv\.weight|"
+        r"(self_attn\.projection|mlp\.fc[12])\.(weight|bias))|"
+        r"embeddings\.patch_embedding\.(weight|bias))"
     )
     cast: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
@@ -419,20 +464,3 @@ def _write_shards(tensors: Mapping[str, torch.Tensor], out: Path) -> list[str]:
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return names
-
-
-def verify_files(folder: Path) -> None:
-    """Check the weight files against the SHA-256 sums recorded when they were written."""
-    record = folder / PROVENANCE_FILE
-    if not record.is_file():
-        return
-    files: dict[str, str] = json.loads(record.read_text()).get("files", {})
-    for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise ModelUnavailable(f"{path} is missing; convert the weights again.")
-        if sha256(path) != expected:
-            raise ModelUnavailable(
-                f"{path} does not match the checksum recorded at conversion: the file is "
-                "damaged or was replaced. Convert the weights again."
-            )

@@ -78,7 +78,6 @@ def fetch(
         token: a hub token; by default ``HF_TOKEN`` or a saved login is used.
         endpoint: another hub server (default: the real hub, or ``HF_ENDPOINT``).
     """
-    import httpx
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -87,6 +86,7 @@ def fetch(
         RevisionNotFoundError,
     )
 
+    stopped: tuple[type[Exception], ...] = (HfHubHTTPError, OSError, *_network_errors())
     model = KNOWN_MODELS.get(name)
     if model is None:
         raise ModelUnavailable(f"Unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}.")
@@ -110,10 +110,30 @@ def fetch(
         raise ModelUnavailable(
             f"{model.repo_id} was not found, or it needs a token that may read it (HF_TOKEN)."
         ) from None
-    except (HfHubHTTPError, httpx.HTTPError, OSError) as error:
+    except stopped as error:
         raise ModelUnavailable(
             f"Downloading {model.repo_id} stopped ({type(error).__name__}: {error}). Run the "
             "same command again: finished files are kept and an unfinished one resumes."
         ) from None
     logger.info("Fetched %s into %s", model.repo_id, folder)
     return Path(str(folder))
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """Transport errors of the HTTP clients the hub library may use (httpx, or its fork)."""
+    import importlib
+
+    errors: list[type[Exception]] = []
+    for module, name in (
+        ("httpx", "HTTPError"),
+        ("httpx2", "HTTPError"),
+        ("httpcore", "ProtocolError"),
+        ("httpcore2", "ProtocolError"),
+        ("httpcore", "NetworkError"),
+        ("httpcore2", "NetworkError"),
+    ):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)

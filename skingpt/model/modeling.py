@@ -10,7 +10,6 @@ the reference ``Chat.get_context_emb`` does; the Llama model then continues the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -23,6 +22,13 @@ from PIL import Image
 from skingpt import prompts
 from skingpt.errors import ConfigError, ModelUnavailable
 from skingpt.model.base import Generated, VisionLanguageModel
+from skingpt.model.folders import (
+    is_skingpt_folder,
+    loading_errors,
+    read_config,
+    record_files,
+    verify_files,
+)
 from skingpt.model.native import NativeVLM, load_native
 from skingpt.model.preprocess import pixel_values
 from skingpt.model.presets import LN_VISION_EPS, TINY_RANDOM, Preset, get_preset
@@ -262,31 +268,32 @@ def load_pretrained(
     """Load a saved SkinGPT-4 folder (``config.json``, safetensors weights and tokenizer).
 
     Every tensor must match: a missing, unexpected or mis-shaped key is an error that names it.
-    With ``verify``, weight files are first checked against the SHA-256 sums that
-    ``skingpt weights convert`` recorded.
+    With ``verify``, every file is first checked against the SHA-256 sums recorded when the
+    folder was written, and a folder without that record is refused.
     """
     from transformers import AutoTokenizer, Blip2ForConditionalGeneration
 
-    from skingpt.model.convert import verify_files
-
-    if not (folder / "config.json").is_file():
+    if not is_skingpt_folder(folder):
         raise ModelUnavailable(
-            f"{folder} holds no config.json. Point SKINGPT_WEIGHTS at a converted SkinGPT-4 "
-            "model folder."
+            f"{folder} holds a {read_config(folder)['model_type']} model, not SkinGPT-4: use "
+            "SKINGPT_BACKEND=auto or transformers for it."
         )
     if verify:
-        verify_files(folder)
+        verify_files(folder, required=True)
     placement: dict[str, Any] = {}
     if quantization is not None:
         placement = {"quantization_config": quantization, "device_map": {"": device}}
-    loaded: Any = Blip2ForConditionalGeneration.from_pretrained(
-        folder, dtype=dtype, output_loading_info=True, **placement
-    )
-    model, info = loaded
-    problems = {k: v for k, v in info.items() if v and k != "error_msgs"}
+    with loading_errors(folder):
+        loaded: Any = Blip2ForConditionalGeneration.from_pretrained(
+            folder, dtype=dtype, output_loading_info=True, **placement
+        )
+        model, info = loaded
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    problems = {k: sorted(v)[:5] for k, v in info.items() if v and k != "error_msgs"}
     if problems or info.get("error_msgs"):
-        raise ModelUnavailable(f"The weights in {folder} do not match the model: {info}")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+        raise ModelUnavailable(f"The weights in {folder} do not fit the model: {problems}")
+    if tokenizer.bos_token_id is None or not tokenizer("skin").input_ids:
+        raise ModelUnavailable(f"{folder} holds no usable tokenizer; convert the weights again.")
     untrained = bool(getattr(model.config, "skingpt_untrained", False))
     if quantization is None:
         model = model.to(device)
@@ -298,6 +305,7 @@ def save_pretrained(skingpt: SkinGPT, folder: Path) -> None:
     skingpt.model.config.skingpt_untrained = skingpt.untrained
     skingpt.model.save_pretrained(folder)
     skingpt.tokenizer.save_pretrained(folder)
+    record_files(folder, {"format": 1, "written_by": "save_pretrained", "model": skingpt.name})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -351,18 +359,6 @@ def quantization_config(mode: str, device: torch.device, compute_dtype: torch.dt
     )
 
 
-def is_skingpt_folder(folder: Path) -> bool:
-    """True for a SkinGPT-4 folder (BLIP-2 with a Llama); False for another model."""
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ModelUnavailable(f"{folder} holds no config.json; point SKINGPT_WEIGHTS at a model.")
-    config = json.loads(config_file.read_text())
-    return bool(
-        config.get("model_type") == "blip-2"
-        and config.get("text_config", {}).get("model_type") == "llama"
-    )
-
-
 def load_model(settings: Settings) -> VisionLanguageModel:
     """Build or load the model that ``settings`` names, on its device and dtype.
 
@@ -379,11 +375,19 @@ def load_model(settings: Settings) -> VisionLanguageModel:
     skingpt: SkinGPT | NativeVLM
     if settings.weights and _native_backend(settings):
         skingpt = load_native(
-            Path(settings.weights), device=device, dtype=dtype, quantization=quantization
+            Path(settings.weights),
+            device=device,
+            dtype=dtype,
+            quantization=quantization,
+            verify=settings.verify_weights,
         )
     elif settings.weights:
         skingpt = load_pretrained(
-            Path(settings.weights), device=device, dtype=dtype, quantization=quantization
+            Path(settings.weights),
+            device=device,
+            dtype=dtype,
+            quantization=quantization,
+            verify=settings.verify_weights,
         )
     elif quantization is not None:
         raise ConfigError(
@@ -416,9 +420,18 @@ def load_model(settings: Settings) -> VisionLanguageModel:
 
 
 def _native_backend(settings: Settings) -> bool:
-    if settings.backend == "auto":
-        return not is_skingpt_folder(Path(settings.weights or "."))
-    return settings.backend == "transformers"
+    skingpt = is_skingpt_folder(Path(settings.weights or "."))
+    if settings.backend == "transformers" and skingpt:
+        raise ModelUnavailable(
+            f"{settings.weights} is a SkinGPT-4 folder; it loads with SKINGPT_BACKEND=auto or "
+            "skingpt4, not transformers."
+        )
+    if settings.backend == "skingpt4" and not skingpt:
+        raise ModelUnavailable(
+            f"{settings.weights} is not a SkinGPT-4 folder; use SKINGPT_BACKEND=auto or "
+            "transformers for it."
+        )
+    return not skingpt
 
 
 def _set_ln_vision_eps(model: Any) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from skingpt.errors import ModelUnavailable
 from skingpt.model.base import Generated
+from skingpt.model.folders import loading_errors, verify_files
 from skingpt.prompts import Turn, clean_user_text
 from skingpt.settings import GenerationSettings
 
@@ -42,23 +44,30 @@ class NativeVLM:
         self.untrained = untrained
         self.vision_encoder_runs = 0
         self.stop_token_ids = _stop_token_ids(model, processor.tokenizer)
+        # The model's own markers (image slots, turn ends) must never come from user text.
+        self._reserved = _reserved_strings(processor)
 
     def messages(self, history: Sequence[Turn], question: str) -> list[dict[str, Any]]:
         """Chat messages with the image in the first user turn."""
         turns = [*history, Turn(question=question, answer="")]
         messages: list[dict[str, Any]] = []
         for index, turn in enumerate(turns):
-            content: list[dict[str, str]] = [
-                {"type": "text", "text": clean_user_text(turn.question)}
-            ]
+            content: list[dict[str, str]] = [{"type": "text", "text": self.clean(turn.question)}]
             if index == 0:
                 content.insert(0, {"type": "image"})
             messages.append({"role": "user", "content": content})
             if index < len(turns) - 1:
+                answer = self.clean(turn.answer)
                 messages.append(
-                    {"role": "assistant", "content": [{"type": "text", "text": turn.answer}]}
+                    {"role": "assistant", "content": [{"type": "text", "text": answer}]}
                 )
         return messages
+
+    def clean(self, text: str) -> str:
+        """Text with the model's special markers removed, so it cannot fake an image or a turn."""
+        for marker in self._reserved:
+            text = text.replace(marker, " ")
+        return clean_user_text(text)
 
     def inputs(self, image: Image.Image, history: Sequence[Turn], question: str) -> Any:
         """Processor outputs (token ids, pixels) for one prompt."""
@@ -66,6 +75,11 @@ class NativeVLM:
             self.messages(history, question), add_generation_prompt=True, tokenize=False
         )
         return self.processor(text=text, images=[image], return_tensors="pt")
+
+    @property
+    def _pad_token_id(self) -> int:
+        pad = self.processor.tokenizer.pad_token_id
+        return int(pad) if pad is not None else self.stop_token_ids[0]
 
     @torch.inference_mode()
     def answer(
@@ -82,8 +96,11 @@ class NativeVLM:
         budget = generation.max_context_tokens - generation.max_new_tokens
         turns = list(history)
         inputs = self.inputs(image, turns, question)
-        while inputs["input_ids"].shape[1] > budget and turns:
-            turns.pop(0)
+        while inputs["input_ids"].shape[1] > budget and (turns or len(question) > 1):
+            if turns:
+                turns.pop(0)  # the oldest turn goes first; the image moves to the next one
+            else:
+                question = question[: len(question) * 3 // 4]
             inputs = self.inputs(image, turns, question)
         inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs:
@@ -102,7 +119,7 @@ class NativeVLM:
                 top_k=None,
                 repetition_penalty=generation.repetition_penalty,
                 eos_token_id=self.stop_token_ids,
-                pad_token_id=self.processor.tokenizer.pad_token_id or self.stop_token_ids[0],
+                pad_token_id=self._pad_token_id,
                 max_time=generation.max_seconds,
             )
         prompt_length = inputs["input_ids"].shape[1]
@@ -118,21 +135,47 @@ class NativeVLM:
 
 
 def load_native(
-    folder: Path, *, device: torch.device, dtype: torch.dtype, quantization: Any = None
+    folder: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: Any = None,
+    verify: bool = True,
 ) -> NativeVLM:
-    """Load a transformers image-text-to-text model folder and its processor."""
+    """Load a transformers image-text-to-text model folder and its processor.
+
+    With ``verify``, a folder that carries a checksum record is checked against it first.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    if verify:
+        verify_files(folder, required=False)
     placement: dict[str, Any] = {}
     if quantization is not None:
         placement = {"quantization_config": quantization, "device_map": {"": device}}
-    model: Any = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, **placement)
+    with loading_errors(folder):
+        model: Any = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, **placement)
+        processors: Any = AutoProcessor  # untyped in transformers
+        processor = processors.from_pretrained(folder)
     if quantization is None:
         model = model.to(device)
-    processors: Any = AutoProcessor  # untyped in transformers
-    processor = processors.from_pretrained(folder)
+    if not getattr(processor, "chat_template", None):
+        raise ModelUnavailable(
+            f"{folder} has no chat template, so questions cannot be put to it in its format."
+        )
     untrained = bool(getattr(model.config, "skingpt_untrained", False))
     return NativeVLM(model, processor, name=folder.name, untrained=untrained)
+
+
+def _reserved_strings(processor: Any) -> list[str]:
+    tokenizer = processor.tokenizer
+    markers = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    for name in ("image_token", "boi_token", "eoi_token", "video_token"):
+        value = getattr(processor, name, None) or getattr(tokenizer, name, None)
+        if isinstance(value, str):
+            markers.add(value)
+    markers |= set(END_OF_TURN) | {"<start_of_turn>", "<|im_start|>", "[INST]", "[/INST]"}
+    return sorted((m for m in markers if m.strip()), key=len, reverse=True)
 
 
 def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -116,3 +116,19 @@ def test_ask_refuses_generation_settings_that_cannot_work(sample_photos: list[Pa
     result = _skingpt("ask", str(sample_photos[0]), "--max-new-tokens", "3000")
     assert result.returncode == 2
     assert "SKINGPT_MAX_NEW_TOKENS" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_worker_refuses_an_unverifiable_model_folder_before_taking_jobs(
+    tmp_path: Path, redis_url: str
+) -> None:
+    folder = tmp_path / "skingpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        '{"model_type": "blip-2", "text_config": {"model_type": "llama"}}'
+    )
+    result = _skingpt(
+        "worker", env={"SKINGPT_REDIS_URL": redis_url, "SKINGPT_WEIGHTS": str(folder)}
+    )
+    assert result.returncode == 2
+    assert "has no skingpt_weights.json" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -20,7 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 from skingpt.errors import ModelUnavailable
-from skingpt.model.convert import PROVENANCE_FILE, convert, map_key, read_tensors
+from skingpt.model.convert import convert, map_key, read_tensors
+from skingpt.model.folders import PROVENANCE_FILE
 from skingpt.model.modeling import SkinGPT, build_tiny_random, load_pretrained
 from skingpt.model.presets import TINY_RANDOM
 from skingpt.prompts import build_prompt
@@ -280,7 +280,7 @@ def test_read_tensors_never_runs_pickled_code(tmp_path: Path) -> None:
     marker = Path("/tmp/skingpt-pickle-ran")
     marker.unlink(missing_ok=True)
     torch.save({"model": {"x": _Payload()}}, tmp_path / "evil.pth")
-    with pytest.raises(pickle.UnpicklingError, match=r"(?i)weights only load failed"):
+    with pytest.raises(ModelUnavailable, match=r"cannot be read as a checkpoint \(Unpickling"):
         read_tensors(tmp_path / "evil.pth")
     assert not marker.exists()
 
@@ -399,3 +399,67 @@ def test_weights_commands_convert_and_inspect(source: SkinGPT, tmp_path: Path) -
         )
         == 2
     )
+
+
+def test_loader_refuses_added_removed_or_unrecorded_files(source: SkinGPT, tmp_path: Path) -> None:
+    paths = _write_sources(source, tmp_path / "src")
+    out = tmp_path / "out"
+    _convert(paths, out)
+    extra = out / "model-extra.safetensors"
+    save_file({"language_projection.bias": torch.full((64,), 1000.0)}, extra)
+    with pytest.raises(ModelUnavailable, match="was not written with this model"):
+        load_pretrained(out, device=CPU, dtype=torch.float32)
+    extra.unlink()
+    (out / "tokenizer.json").unlink()
+    with pytest.raises(ModelUnavailable, match=r"tokenizer\.json is missing"):
+        load_pretrained(out, device=CPU, dtype=torch.float32)
+    (out / PROVENANCE_FILE).unlink()
+    with pytest.raises(ModelUnavailable, match=r"has no skingpt_weights\.json"):
+        load_pretrained(out, device=CPU, dtype=torch.float32)
+
+
+def test_convert_refuses_tensors_given_twice_or_not_finite(
+    source: SkinGPT, tmp_path: Path
+) -> None:
+    paths = _write_sources(source, tmp_path / "src")
+    blip2 = torch.load(paths["blip2.pth"], weights_only=True)
+    vit = torch.load(paths["eva_vit_g.pth"], weights_only=True)
+    blip2["model"]["visual_encoder.blocks.0.attn.q_bias"] = vit["blocks.0.attn.q_bias"]
+    torch.save(blip2, paths["blip2.pth"])
+    with pytest.raises(ModelUnavailable, match="given twice"):
+        _convert(paths, tmp_path / "out1")
+
+    paths = _write_sources(source, tmp_path / "src2")
+    stale = {k: torch.zeros_like(v) for k, v in read_tensors(paths["llama"]).items()}
+    save_file(stale, paths["llama"] / "old-model.safetensors")
+    with pytest.raises(ModelUnavailable, match="remove the stale file"):
+        _convert(paths, tmp_path / "out2")
+
+    paths = _write_sources(source, tmp_path / "src3")
+    checkpoint = torch.load(paths["skingpt4.pth"], weights_only=True)
+    checkpoint["model"]["llama_proj.weight"][0, 0] = float("nan")
+    torch.save(checkpoint, paths["skingpt4.pth"])
+    with pytest.raises(ModelUnavailable, match="NaN or infinite"):
+        _convert(paths, tmp_path / "out3")
+
+
+def test_convert_names_the_option_of_a_misplaced_file(source: SkinGPT, tmp_path: Path) -> None:
+    paths = _write_sources(source, tmp_path / "src")
+    with pytest.raises(ModelUnavailable, match=r"given as --vision\) holds 'query_tokens'"):
+        convert(
+            out=tmp_path / "out",
+            preset=TINY_RANDOM,
+            llama=paths["llama"],
+            checkpoint=paths["skingpt4.pth"],
+            vision=paths["blip2.pth"],
+            qformer=paths["eva_vit_g.pth"],
+        )
+    with pytest.raises(ModelUnavailable, match=r"--llama .* does not exist"):
+        convert(
+            out=tmp_path / "out",
+            preset=TINY_RANDOM,
+            llama=tmp_path / "nope",
+            checkpoint=paths["skingpt4.pth"],
+            vision=paths["eva_vit_g.pth"],
+            qformer=paths["blip2.pth"],
+        )

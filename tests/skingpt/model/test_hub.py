@@ -28,6 +28,7 @@ class Repo:
     gated: bool = False
     cut_first_download: tuple[str, int] | None = None  # (file, bytes sent before hanging up)
     ranges: list[str] = field(default_factory=list)
+    hang_up: bool = False  # close every connection without answering
 
 
 class HubStandIn(ThreadingHTTPServer):
@@ -64,6 +65,10 @@ class _Handler(BaseHTTPRequestHandler):
         match = info or tree or resolve
         repo_id = match.group(1) if match else ""
         repo = self.server.repos.get(repo_id)
+        if repo is not None and repo.hang_up:
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         if repo is None:
             self._error(404, "RepoNotFound", "Repository not found")
             return
@@ -206,3 +211,9 @@ def test_weights_fetch_command_prints_where_and_how(
     assert "SKINGPT_WEIGHTS=" in out and str(tmp_path) in out
     assert main(["weights", "fetch", "medgemma-4b-it", *where]) == 2
     assert "gated" in capsys.readouterr().err
+
+
+def test_fetch_says_to_run_again_when_the_server_hangs_up(hub: HubStandIn, tmp_path: Path) -> None:
+    hub.repos[KNOWN_MODELS["derm-llava-1.5-7b"].repo_id].hang_up = True
+    with pytest.raises(ModelUnavailable, match="Run the same command again"):
+        fetch("derm-llava-1.5-7b", cache_dir=tmp_path, endpoint=hub.url)
