@@ -373,16 +373,9 @@ def load_model(settings: Settings) -> VisionLanguageModel:
     quantization = quantization_config(settings.quantize, device, dtype)
     started = time.monotonic()
     skingpt: SkinGPT | NativeVLM
-    if settings.weights and _native_backend(settings):
-        skingpt = load_native(
-            Path(settings.weights),
-            device=device,
-            dtype=dtype,
-            quantization=quantization,
-            verify=settings.verify_weights,
-        )
-    elif settings.weights:
-        skingpt = load_pretrained(
+    if settings.weights:
+        loader = load_native if _native_backend(settings) else load_pretrained
+        skingpt = loader(
             Path(settings.weights),
             device=device,
             dtype=dtype,

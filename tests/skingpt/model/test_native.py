@@ -31,6 +31,15 @@ LLAVA_TEMPLATE = (
     "{% else %}ASSISTANT: {{ m['content'][0]['text'] }}</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+# A 28-pixel image in 14-pixel patches: four patches, so four image tokens.
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 28,
+    "patch_size": 14,
+}
 GEMMA_TEMPLATE = (
     "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}"
     "\n{% for c in m['content'] %}{% if c['type'] == 'image' %}<start_of_image>{% else %}"
@@ -63,14 +72,7 @@ def _tiny_llava(folder: Path) -> Path:
         chat_template=LLAVA_TEMPLATE,
     )
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=28,
-            patch_size=14,
-        ),
+        vision_config=CLIPVisionConfig(**TINY_VISION),
         text_config=LlamaConfig(
             hidden_size=64,
             intermediate_size=128,
@@ -133,14 +135,7 @@ def _tiny_gemma3(folder: Path) -> Path:
             vocab_size=len(tokenizer),
             sliding_window=64,
         ),
-        vision_config=SiglipVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=28,
-            patch_size=14,
-        ),
+        vision_config=SiglipVisionConfig(**TINY_VISION),
         mm_tokens_per_image=4,
         boi_token_index=tokenizer.boi_token_id,
         eoi_token_index=tokenizer.eoi_token_id,
