@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 COMMANDS = [
     BotCommand("start", "What this bot does and does not do"),
     BotCommand("help", "How to send a photo and ask questions"),
+    BotCommand("forget", "Delete your photos, questions and answers now"),
 ]
 
 
@@ -121,6 +122,7 @@ def build_application(
     new_message = filters.UpdateType.MESSAGE
     application.add_handler(CommandHandler("start", handlers.start))
     application.add_handler(CommandHandler("help", handlers.help_command))
+    application.add_handler(CommandHandler("forget", handlers.forget))
     application.add_handler(
         CallbackQueryHandler(handlers.analyse_anyway, pattern=rf"^{handlers.ANALYSE}:")
     )

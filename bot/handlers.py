@@ -32,6 +32,12 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     await _reply(update, texts.HELP)
 
 
+async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Delete every photo, question and answer stored about the user, at once, and confirm."""
+    deleted = await _service(context).forget(_asker(update))
+    await _reply(update, texts.FORGOTTEN if deleted else texts.NOTHING_TO_FORGET)
+
+
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Analyse a photo, taking its largest size."""
     message = _message(update)

@@ -58,6 +58,9 @@ class TypingIndicator:
         if not jobs:
             self._stop(chat_id)
 
+    def stop_chat(self, chat_id: int) -> None:
+        self._stop(chat_id)
+
     def stop_all(self) -> None:
         for chat_id in list(self._tasks):
             self._stop(chat_id)
@@ -116,6 +119,15 @@ class TriageService:
         if hold:
             return await self.create_job(asker, conv, case, question)
         return await self.ask(asker, conv, case, question)
+
+    async def forget(self, asker: Asker) -> int:
+        """Delete everything stored about the asker in this chat; returns the keys deleted."""
+        conv = await asyncio.to_thread(self.store.pseudonym, asker.chat_id, asker.user_id)
+        deleted = await asyncio.to_thread(self.store.forget, conv)
+        if self.typing is not None:
+            self.typing.stop_chat(asker.chat_id)
+        logger.info("Forgot %s: %d keys deleted", conv[:8], deleted)
+        return deleted
 
     async def release_held(self, asker: Asker, job_id: str) -> bool:
         """Queue a held job if it is the asker's, still waiting, and its photo still open."""

@@ -20,7 +20,8 @@ START = (
 HELP = (
     "Send a photo of the skin problem (close up, in daylight, in focus). Add a question as "
     "the caption if you like. After my answer, write any follow-up question about the same "
-    "photo. A new photo starts a new case.\n\n" + DISCLAIMER
+    "photo. A new photo starts a new case. /forget deletes your photos, questions and answers "
+    "at once; otherwise they are deleted automatically after a while.\n\n" + DISCLAIMER
 )
 
 SEND_PHOTO_FIRST = "Please send a photo of the skin first. Then you can ask questions about it."
@@ -29,6 +30,13 @@ UNSUPPORTED = (
     "I can only read photos of skin and text messages. Please send a photo of the skin, or "
     "write your question."
 )
+
+FORGOTTEN = (
+    "Done: I deleted your photos, questions and answers. A photo still being analysed will "
+    "not be answered. Send a new photo whenever you like."
+)
+
+NOTHING_TO_FORGET = "I have nothing stored about you in this chat."
 
 ANALYSE_ANYWAY = "Analyse anyway"
 

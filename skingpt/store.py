@@ -5,6 +5,7 @@ Keys (``P`` is the configured prefix):
 ``P:conv:<conv>``            hash: the open case of one (chat, user) pair
 ``P:conv:<conv>:inflight``   the job of that pair being answered now (one at a time, in order)
 ``P:conv:<conv>:waiting``    list: jobs of that pair queued behind it
+``P:conv:<conv>:keys``       set: every case and job key of that pair, for ``/forget``
 ``P:case:<case>:image``      the normalised photo, PNG
 ``P:case:<case>:turns``      list: finished question/answer turns, JSON
 ``P:job:<job>``              hash: one question and, once answered, its answer
@@ -51,6 +52,30 @@ if ARGV[1] == 'answered' then
 end
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[7])
 return 1
+"""
+
+# Counts a delivery of a job to a worker, unless the job was deleted (expired or forgotten).
+_MARK_RUNNING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running')
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+# Changes a field of a job only while the job exists, so a deleted job is never brought back.
+_UPDATE_JOB = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == 'incr' then return redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3]) end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
+
+# Deletes everything stored about one pair: its cases, jobs and conversation keys.
+_FORGET = """
+local keys = redis.call('SMEMBERS', KEYS[1])
+local deleted = 0
+for _, key in ipairs(keys) do deleted = deleted + redis.call('DEL', key) end
+for i = 2, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
+return deleted + redis.call('DEL', KEYS[1])
 """
 
 # Takes the pair's turn if nobody holds it, else joins the line behind it.
@@ -113,6 +138,9 @@ class Store:
         self._complete = client.register_script(_COMPLETE)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._mark_running = client.register_script(_MARK_RUNNING)
+        self._forget = client.register_script(_FORGET)
+        self._update_job = client.register_script(_UPDATE_JOB)
 
     @classmethod
     def from_url(
@@ -148,8 +176,24 @@ class Store:
             pipe.set(self.key("case", case, "image"), image_png, ex=self.retention)
             pipe.hset(self.key("conv", conv), mapping={"case": case, "updated": time.time()})
             pipe.expire(self.key("conv", conv), self.retention)
+            case_keys = (self.key("case", case, "image"), self.key("case", case, "turns"))
+            self._track(pipe, conv, *case_keys)
             pipe.execute()
         return case
+
+    def forget(self, conv: str) -> int:
+        """Delete every photo, question, answer and job of one pair; returns the keys deleted."""
+        own = [
+            self.key("conv", conv, "keys"),
+            self.key("conv", conv),
+            self.key("conv", conv, "inflight"),
+            self.key("conv", conv, "waiting"),
+        ]
+        return int(self._forget(keys=own))
+
+    def _track(self, pipe: Any, conv: str, *keys: str) -> None:
+        pipe.sadd(self.key("conv", conv, "keys"), *keys)
+        pipe.expire(self.key("conv", conv, "keys"), self.retention)
 
     def open_case(self, conv: str) -> str | None:
         """The pair's case whose photo is still stored, if any; touching it keeps it alive."""
@@ -188,8 +232,11 @@ class Store:
             "status": "new",
             "created": time.time(),
         }
-        self.client.hset(self.key("job", job_id), mapping=fields)
-        self.client.expire(self.key("job", job_id), self.retention)
+        with self.client.pipeline() as pipe:
+            pipe.hset(self.key("job", job_id), mapping=fields)
+            pipe.expire(self.key("job", job_id), self.retention)
+            self._track(pipe, conv, self.key("job", job_id))
+            pipe.execute()
         return job_id
 
     def claim_turn(self, conv: str, job_id: str) -> bool:
@@ -209,15 +256,17 @@ class Store:
         if case is None:
             return
         turns = [{"q": t.question, "a": t.answer} for t in self.turns(_text(case))]
-        self.client.hset(
-            self.key("job", job_id), mapping={"history": json.dumps(turns), "status": "queued"}
-        )
+        job = [self.key("job", job_id)]
+        self._update_job(keys=job, args=["set", "history", json.dumps(turns)])
+        self._update_job(keys=job, args=["set", "status", "queued"])
 
     def load_job(self, job_id: str) -> Job | None:
         raw: Any = self.client.hgetall(self.key("job", job_id))
         if not raw:
             return None
         data = {_text(k): _text(v) for k, v in raw.items()}
+        if "conv" not in data:
+            return None  # only a stray counter is left of a deleted job
         return Job(
             job_id=job_id,
             conv=data["conv"],
@@ -237,19 +286,17 @@ class Store:
         )
 
     def mark_running(self, job_id: str) -> int:
-        """Count one more delivery of the job to a worker; returns the count."""
-        with self.client.pipeline() as pipe:
-            pipe.hincrby(self.key("job", job_id), "attempts", 1)
-            pipe.hset(self.key("job", job_id), "status", "running")
-            return int(pipe.execute()[0])
+        """Count one more delivery of the job to a worker; 0 if the job no longer exists."""
+        return int(self._mark_running(keys=[self.key("job", job_id)]))
 
     def take_held(self, job_id: str) -> bool:
         """True only the first time a held job is released."""
-        return bool(self.client.hsetnx(self.key("job", job_id), "released", 1))
+        job = self.key("job", job_id)
+        return bool(self.client.exists(job)) and bool(self.client.hsetnx(job, "released", 1))
 
     def forget_attempt(self, job_id: str) -> None:
         """Take back the count of a delivery that did not run the job (model still loading)."""
-        self.client.hincrby(self.key("job", job_id), "attempts", -1)
+        self._update_job(keys=[self.key("job", job_id)], args=["incr", "attempts", -1])
 
     def complete_job(
         self,
@@ -319,10 +366,10 @@ class Store:
 
     def mark_part_sent(self, job_id: str, parts: int) -> None:
         """Record how many messages of a long reply went out, so a retry sends only the rest."""
-        self.client.hset(self.key("job", job_id), "parts_sent", parts)
+        self._update_job(keys=[self.key("job", job_id)], args=["set", "parts_sent", parts])
 
     def mark_delivered(self, job_id: str) -> None:
-        self.client.hset(self.key("job", job_id), "delivered", 1)
+        self._update_job(keys=[self.key("job", job_id)], args=["set", "delivered", 1])
 
 
 def _text(value: Any) -> str:

@@ -111,6 +111,9 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
             logger.info("Job %s was already answered; not running it again", job_id)
             return "duplicate"
         attempts = store.mark_running(job_id)
+        if attempts == 0:
+            logger.info("Job %s was deleted before it ran", job_id)
+            return "expired"
         if attempts > settings.max_deliveries:
             logger.error("Job %s reached a worker %d times without finishing", job_id, attempts)
             store.complete_job(job_id, Outcome.FAILED)

@@ -327,3 +327,21 @@ def test_blurred_photo_is_held_until_the_user_asks_for_it_once(
     assert len(api.messages(user)) == 3
     assert len(api.calls("answerCallbackQuery")) >= 2
     assert api.messages(user)[0].get("reply_markup") in (None, {})
+
+
+def test_forget_deletes_the_users_data_at_once(
+    services: Services, sample_photos: list[Path]
+) -> None:
+    api = services.api
+    user = 7001
+    api.send_photo(user, sample_photos[1].read_bytes(), caption="What is this?")
+    api.wait_for_messages(user, 1, timeout=REPLY_TIMEOUT)
+    assert any(int(j["chat_id"]) == user for j in _jobs(services))
+
+    api.send_text(user, "/forget")
+    assert api.wait_for_messages(user, 2)[1]["text"] == texts.FORGOTTEN
+    assert not any(int(j["chat_id"]) == user for j in _jobs(services))
+    api.send_text(user, "And now?")
+    assert api.wait_for_messages(user, 3)[2]["text"] == texts.SEND_PHOTO_FIRST
+    api.send_text(user, "/forget")
+    assert api.wait_for_messages(user, 4)[3]["text"] == texts.NOTHING_TO_FORGET

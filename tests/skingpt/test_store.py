@@ -97,3 +97,48 @@ def test_unread_replies_can_be_taken_over_by_another_bot(redis_url: str, key_pre
     store.complete_job(job, Outcome.ANSWERED, "A")
     assert [j for _, j in store.read_outbox("crashed-bot", block_ms=10)] == [job]
     assert [j for _, j in store.claim_stale_outbox("new-bot", min_idle_ms=0)] == [job]
+
+
+def test_forget_deletes_everything_of_one_pair_and_nothing_else(
+    redis_url: str, key_prefix: str
+) -> None:
+    store = _store(redis_url, key_prefix)
+    store.ensure_outbox_group()
+    mine, theirs = store.pseudonym(1, 10), store.pseudonym(1, 11)  # same group, two users
+    for conv in (mine, theirs):
+        case = store.start_case(conv, b"png")
+        job = store.new_job(conv=conv, case=case, chat_id=1, reply_to=None, question="Q")
+        store.complete_job(job, Outcome.ANSWERED, "A")
+        store.claim_turn(
+            conv, store.new_job(conv=conv, case=case, chat_id=1, reply_to=None, question="Later")
+        )
+    assert store.forget(mine) > 0
+    client = redis.Redis.from_url(redis_url)
+    left = [k.decode() for k in client.scan_iter(match=f"{key_prefix}:*", count=500)]
+    assert not [k for k in left if mine in k]
+    assert store.open_case(mine) is None and store.open_case(theirs) is not None
+    jobs = [k for k in left if ":job:" in k]
+    assert len(jobs) == 2 and all(store.load_job(k.rsplit(":", 1)[1]).conv == theirs for k in jobs)  # type: ignore[union-attr]
+    assert store.forget(mine) == 0
+
+
+def test_a_forgotten_job_in_flight_is_neither_answered_nor_brought_back(
+    redis_url: str, key_prefix: str
+) -> None:
+    store = _store(redis_url, key_prefix)
+    store.ensure_outbox_group()
+    conv = store.pseudonym(2, 2)
+    case = store.start_case(conv, b"png")
+    job = store.new_job(conv=conv, case=case, chat_id=2, reply_to=None, question="Q")
+    assert store.mark_running(job) == 1
+    store.forget(conv)
+    assert store.mark_running(job) == 0
+    store.forget_attempt(job)
+    store.mark_part_sent(job, 1)
+    store.mark_delivered(job)
+    assert store.complete_job(job, Outcome.ANSWERED, "A") is False
+    assert store.load_job(job) is None
+    assert store.turns(case) == []
+    assert store.read_outbox("reader", block_ms=10) == []
+    client = redis.Redis.from_url(redis_url)
+    assert not list(client.scan_iter(match=f"{key_prefix}:job:*"))
