@@ -123,8 +123,8 @@ class Settings:
 
     @property
     def is_test_model(self) -> bool:
-        """True when the configured model is an untrained preset meant for tests."""
-        return self.model == "tiny-random"
+        """True when no weights are configured and the preset is the untrained test model."""
+        return self.model == "tiny-random" and not self.weights
 
     @classmethod
     def from_env(

@@ -53,3 +53,9 @@ def test_settings_refuse_a_visibility_timeout_shorter_than_the_time_limit() -> N
 def test_settings_hide_the_token_from_repr() -> None:
     settings = Settings.from_env({"SKINGPT_TELEGRAM_TOKEN": "123:very-secret"})
     assert "very-secret" not in repr(settings)
+
+
+def test_a_weights_folder_means_the_test_model_is_not_in_use() -> None:
+    assert Settings.from_env({}).is_test_model
+    assert not Settings.from_env({"SKINGPT_WEIGHTS": "/models/medgemma"}).is_test_model
+    assert not Settings.from_env({"SKINGPT_MODEL": "skingpt4-llama2-13b"}).is_test_model
