@@ -98,7 +98,11 @@ async def edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Say what the bot can read."""
+    """Say what the bot can read (a command meant for another bot in a group gets no reply)."""
+    command = (_message(update).text or "").split(maxsplit=1)[0] if _message(update).text else ""
+    addressee = command.partition("@")[2]
+    if command.startswith("/") and addressee and addressee.lower() != context.bot.username.lower():
+        return
     await _reply(update, texts.UNSUPPORTED)
 
 

@@ -345,3 +345,14 @@ def test_forget_deletes_the_users_data_at_once(
     assert api.wait_for_messages(user, 3)[2]["text"] == texts.SEND_PHOTO_FIRST
     api.send_text(user, "/forget")
     assert api.wait_for_messages(user, 4)[3]["text"] == texts.NOTHING_TO_FORGET
+
+
+def test_commands_for_another_bot_in_a_group_are_left_alone(services: Services) -> None:
+    api = services.api
+    group, user = -8001, 8001
+    api.send_text(user, "/start@someone_elses_bot", chat_id=group, chat_type="group")
+    api.send_text(user, "/start@skingpt_test_bot", chat_id=group, chat_type="group")
+    reply = api.wait_for_messages(group, 1)[0]
+    assert DISCLAIMER in reply["text"]
+    time.sleep(1.0)
+    assert len(api.messages(group)) == 1
