@@ -318,17 +318,13 @@ def _checked_weights(settings: Settings) -> Settings:
     """Check the model folder before taking any job; the children then skip the checksums."""
     import dataclasses
 
-    from skingpt.model.folders import is_skingpt_folder, verify_files
+    from skingpt.model.folders import is_native_backend, verify_files
 
     folder = Path(settings.weights or "")
-    skingpt = is_skingpt_folder(folder)
+    native = is_native_backend(folder, settings.backend)
     if settings.verify_weights:
         logger.info("Checking the files of %s", folder)
-        verify_files(folder, required=skingpt)
-    if settings.backend == "transformers" and skingpt:
-        raise ConfigError(f"{folder} is a SkinGPT-4 folder; use SKINGPT_BACKEND=auto or skingpt4.")
-    if settings.backend == "skingpt4" and not skingpt:
-        raise ConfigError(f"{folder} is not a SkinGPT-4 folder; use SKINGPT_BACKEND=auto.")
+        verify_files(folder, required=not native)
     return dataclasses.replace(settings, verify_weights=False)
 
 

@@ -10,7 +10,7 @@ The system line below is our own wording of the reference's instruction (an imag
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 IMAGE_PLACEHOLDER = "<ImageHere>"
@@ -67,6 +67,31 @@ def build_prompt(history: Sequence[Turn], question: str) -> str:
         else:
             parts.append(f"{ASSISTANT}: {clean_user_text(turn.answer)}{SEPARATOR}")
     return "".join(parts)
+
+
+def fit_to_context(
+    history: Sequence[Turn],
+    question: str,
+    length: Callable[[list[Turn], str], int],
+    budget: int,
+) -> tuple[list[Turn], str, int]:
+    """The turns and question that fit in ``budget`` positions, and the length they take.
+
+    The oldest finished turns go first (the image always moves into the first remaining
+    turn); only when no earlier turn is left is the question itself shortened. When nothing
+    is left to shorten, what remains is returned with its length, which may exceed the
+    budget. The reference instead cuts the embedded sequence from the left, which can remove
+    the system line and the image.
+    """
+    turns = list(history)
+    used = length(turns, question)
+    while used > budget and (turns or len(question) > 1):
+        if turns:
+            turns.pop(0)
+        else:
+            question = question[: len(question) * 3 // 4]
+        used = length(turns, question)
+    return turns, question, used
 
 
 def split_at_image(prompt: str) -> tuple[str, str]:

@@ -119,7 +119,7 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
             store.complete_job(job_id, Outcome.FAILED)
             return Outcome.FAILED.value
         try:
-            return _answer(self, job, attempts)
+            return _answer(self, job)
         except Retry:
             raise
         except SoftTimeLimitExceeded:
@@ -131,7 +131,7 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
             store.complete_job(job_id, Outcome.FAILED)
             return Outcome.FAILED.value
 
-    def _answer(task: Task, job: Job, attempts: int) -> str:
+    def _answer(task: Task, job: Job) -> str:
         try:
             analyzer = holder.get(timeout=model_wait)
         except ModelUnavailable as error:

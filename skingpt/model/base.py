@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import torch
 from PIL import Image
 
 from skingpt.prompts import Turn
@@ -41,3 +43,26 @@ class VisionLanguageModel(Protocol):
     ) -> Generated:
         """Answer ``question``; the oldest turns are left out if the context is too short."""
         ...
+
+
+def sampling_options(generation: GenerationSettings) -> dict[str, Any]:
+    """The ``generate()`` arguments every backend takes from the generation settings."""
+    return {
+        "max_new_tokens": generation.max_new_tokens,
+        "do_sample": generation.do_sample,
+        "top_p": generation.top_p if generation.do_sample else None,
+        "temperature": generation.temperature if generation.do_sample else None,
+        "top_k": None,
+        "repetition_penalty": generation.repetition_penalty,
+        "max_time": generation.max_seconds,
+    }
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Sample from a random state of this job's own when a seed is given; leave it alone else."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield

@@ -54,6 +54,36 @@ def is_skingpt_folder(folder: Path) -> bool:
     return bool(config.get("model_type") == "blip-2" and text.get("model_type") == "llama")
 
 
+def is_native_backend(folder: Path, backend: str) -> bool:
+    """Whether ``folder`` loads through transformers' auto classes rather than as SkinGPT-4.
+
+    Args:
+        folder: the model folder.
+        backend: ``auto`` (decided by the folder), ``skingpt4`` or ``transformers``.
+
+    Raises:
+        ModelUnavailable: the forced backend does not fit the folder.
+    """
+    skingpt = is_skingpt_folder(folder)
+    if backend == "transformers" and skingpt:
+        raise ModelUnavailable(
+            f"{folder} is a SkinGPT-4 folder; it loads with SKINGPT_BACKEND=auto or skingpt4, "
+            "not transformers."
+        )
+    if backend == "skingpt4" and not skingpt:
+        raise ModelUnavailable(
+            f"{folder} is not a SkinGPT-4 folder; use SKINGPT_BACKEND=auto or transformers for it."
+        )
+    return not skingpt
+
+
+def placement(device: Any, quantization: Any) -> dict[str, Any]:
+    """``from_pretrained`` arguments: bitsandbytes loads a quantized model onto its device."""
+    if quantization is None:
+        return {}
+    return {"quantization_config": quantization, "device_map": {"": device}}
+
+
 def record_files(folder: Path, provenance: dict[str, Any]) -> None:
     """Write the provenance record with the SHA-256 of every file now in the folder."""
     provenance["files"] = {path.name: sha256(path) for path in sorted(_checked_files(folder))}

@@ -21,10 +21,12 @@ from PIL import Image
 
 from skingpt import prompts
 from skingpt.errors import ConfigError, ModelUnavailable
-from skingpt.model.base import Generated, VisionLanguageModel
+from skingpt.model.base import Generated, VisionLanguageModel, sampling_options, seeded
 from skingpt.model.folders import (
+    is_native_backend,
     is_skingpt_folder,
     loading_errors,
+    placement,
     read_config,
     record_files,
     verify_files,
@@ -79,27 +81,21 @@ class SkinGPT:
     def fit_prompt(
         self, history: Sequence[prompts.Turn], question: str, generation: GenerationSettings
     ) -> tuple[str, int]:
-        """The prompt, shortened to leave room for the answer within the context length.
+        """The prompt, shortened (see :func:`prompts.fit_to_context`) to leave room for the answer.
 
-        The reference cuts the embedded sequence from the left, which can remove the system
-        line and the image. Here the oldest finished turns go first; the image always moves
-        into the first remaining turn, and only if no earlier turn is left is the question
-        itself shortened.
+        Returns:
+            The prompt and how many earlier turns were left out.
         """
         budget = generation.max_context_tokens - generation.max_new_tokens
-        turns = list(history)
-        dropped = 0
-        prompt = prompts.build_prompt(turns, question)
-        while self.prompt_length(prompt) > budget:
-            if turns:
-                turns.pop(0)
-                dropped += 1
-            elif len(question) > 1:
-                question = question[: len(question) * 3 // 4]
-            else:
-                raise ValueError(f"max_context_tokens leaves no room for a prompt ({budget}).")
-            prompt = prompts.build_prompt(turns, question)
-        return prompt, dropped
+        turns, question, used = prompts.fit_to_context(
+            history,
+            question,
+            lambda turns, question: self.prompt_length(prompts.build_prompt(turns, question)),
+            budget,
+        )
+        if used > budget:
+            raise ValueError(f"max_context_tokens leaves no room for a prompt ({budget}).")
+        return prompts.build_prompt(turns, question), len(history) - len(turns)
 
     @property
     def device(self) -> torch.device:
@@ -176,28 +172,19 @@ class SkinGPT:
     ) -> Generated:
         """Continue the prompt until ``###``, end of sequence, or the token or time limit."""
         started = time.monotonic()
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed, self.device):
             output = self.model.language_model.generate(
                 inputs_embeds=inputs_embeds,
                 attention_mask=torch.ones(
                     inputs_embeds.shape[:2], device=self.device, dtype=torch.long
                 ),
-                max_new_tokens=generation.max_new_tokens,
-                do_sample=generation.do_sample,
-                top_p=generation.top_p if generation.do_sample else None,
-                temperature=generation.temperature if generation.do_sample else None,
-                top_k=None,
                 num_beams=1,
-                repetition_penalty=generation.repetition_penalty,
                 stop_strings=[prompts.SEPARATOR],
                 tokenizer=self.tokenizer,
                 eos_token_id=self.tokenizer.eos_token_id,
                 # Llama has no pad token; reuse EOS rather than growing the vocabulary.
                 pad_token_id=self.tokenizer.eos_token_id,
-                max_time=generation.max_seconds,
+                **sampling_options(generation),
             )
         new_tokens = output[0].tolist()
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
@@ -280,12 +267,9 @@ def load_pretrained(
         )
     if verify:
         verify_files(folder, required=True)
-    placement: dict[str, Any] = {}
-    if quantization is not None:
-        placement = {"quantization_config": quantization, "device_map": {"": device}}
     with loading_errors(folder):
         loaded: Any = Blip2ForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype, output_loading_info=True, **placement
+            folder, dtype=dtype, output_loading_info=True, **placement(device, quantization)
         )
         model, info = loaded
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -374,9 +358,10 @@ def load_model(settings: Settings) -> VisionLanguageModel:
     started = time.monotonic()
     skingpt: SkinGPT | NativeVLM
     if settings.weights:
-        loader = load_native if _native_backend(settings) else load_pretrained
+        folder = Path(settings.weights)
+        loader = load_native if is_native_backend(folder, settings.backend) else load_pretrained
         skingpt = loader(
-            Path(settings.weights),
+            folder,
             device=device,
             dtype=dtype,
             quantization=quantization,
@@ -410,21 +395,6 @@ def load_model(settings: Settings) -> VisionLanguageModel:
         footprint / 2**30,
     )
     return skingpt
-
-
-def _native_backend(settings: Settings) -> bool:
-    skingpt = is_skingpt_folder(Path(settings.weights or "."))
-    if settings.backend == "transformers" and skingpt:
-        raise ModelUnavailable(
-            f"{settings.weights} is a SkinGPT-4 folder; it loads with SKINGPT_BACKEND=auto or "
-            "skingpt4, not transformers."
-        )
-    if settings.backend == "skingpt4" and not skingpt:
-        raise ModelUnavailable(
-            f"{settings.weights} is not a SkinGPT-4 folder; use SKINGPT_BACKEND=auto or "
-            "transformers for it."
-        )
-    return not skingpt
 
 
 def _set_ln_vision_eps(model: Any) -> None:

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from skingpt.errors import ModelUnavailable
-from skingpt.model.base import Generated
-from skingpt.model.folders import loading_errors, verify_files
-from skingpt.prompts import Turn, clean_user_text
+from skingpt.model.base import Generated, sampling_options, seeded
+from skingpt.model.folders import loading_errors, placement, verify_files
+from skingpt.prompts import Turn, clean_user_text, fit_to_context
 from skingpt.settings import GenerationSettings
 
 # End-of-turn markers of common chat templates; those the tokenizer knows also stop generation.
@@ -37,7 +37,9 @@ class NativeVLM:
 
     def __init__(self, model: Any, processor: Any, *, name: str, untrained: bool = False) -> None:
         if not getattr(processor, "chat_template", None):
-            raise ValueError(f"The processor of {name} has no chat template.")
+            raise ModelUnavailable(
+                f"{name} has no chat template, so questions cannot be put to it in its format."
+            )
         self.model = model.eval()
         self.processor = processor
         self.name = name
@@ -94,33 +96,23 @@ class NativeVLM:
         """Answer ``question`` about ``image``; the oldest turns go first if space runs out."""
         started = time.monotonic()
         budget = generation.max_context_tokens - generation.max_new_tokens
-        turns = list(history)
-        inputs = self.inputs(image, turns, question)
-        while inputs["input_ids"].shape[1] > budget and (turns or len(question) > 1):
-            if turns:
-                turns.pop(0)  # the oldest turn goes first; the image moves to the next one
-            else:
-                question = question[: len(question) * 3 // 4]
-            inputs = self.inputs(image, turns, question)
-        inputs = inputs.to(self.model.device)
+        measured: dict[str, Any] = {}
+
+        def length(turns: list[Turn], question: str) -> int:
+            measured["inputs"] = self.inputs(image, turns, question)  # the last one is used
+            return int(measured["inputs"]["input_ids"].shape[1])
+
+        turns, _, _ = fit_to_context(history, question, length, budget)
+        inputs = measured["inputs"].to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         self.vision_encoder_runs += 1
-        devices = [self.model.device] if self.model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed, self.model.device):
             output = self.model.generate(
                 **inputs,
-                max_new_tokens=generation.max_new_tokens,
-                do_sample=generation.do_sample,
-                top_p=generation.top_p if generation.do_sample else None,
-                temperature=generation.temperature if generation.do_sample else None,
-                top_k=None,
-                repetition_penalty=generation.repetition_penalty,
                 eos_token_id=self.stop_token_ids,
                 pad_token_id=self._pad_token_id,
-                max_time=generation.max_seconds,
+                **sampling_options(generation),
             )
         prompt_length = inputs["input_ids"].shape[1]
         new_tokens = output[0, prompt_length:]
@@ -150,19 +142,14 @@ def load_native(
 
     if verify:
         verify_files(folder, required=False)
-    placement: dict[str, Any] = {}
-    if quantization is not None:
-        placement = {"quantization_config": quantization, "device_map": {"": device}}
     with loading_errors(folder):
-        model: Any = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, **placement)
+        model: Any = AutoModelForImageTextToText.from_pretrained(
+            folder, dtype=dtype, **placement(device, quantization)
+        )
         processors: Any = AutoProcessor  # untyped in transformers
         processor = processors.from_pretrained(folder)
     if quantization is None:
         model = model.to(device)
-    if not getattr(processor, "chat_template", None):
-        raise ModelUnavailable(
-            f"{folder} has no chat template, so questions cannot be put to it in its format."
-        )
     untrained = bool(getattr(model.config, "skingpt_untrained", False))
     return NativeVLM(model, processor, name=folder.name, untrained=untrained)
 
