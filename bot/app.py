@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import Awaitable
 from typing import Any
 
-from celery import Celery
 from telegram import BotCommand, Update
 from telegram.ext import (
     Application,
@@ -27,15 +26,22 @@ from bot.ratelimit import RedisRateLimiter
 from bot.service import TriageService
 from bot.updates import TolerantUpdatesRequest
 from skingpt.errors import ConfigError
+from skingpt.i18n import N_, SUPPORTED, gettext_for
 from skingpt.settings import Settings
 from skingpt.store import Store
+from worker.queues import JobQueue
 
 logger = logging.getLogger(__name__)
 
 COMMANDS = [
-    BotCommand("start", "What this bot does and does not do"),
-    BotCommand("help", "How to send a photo and ask questions"),
-    BotCommand("forget", "Delete your photos, questions and answers now"),
+    ("start", N_("What this bot does and does not do")),
+    ("help", N_("How to send photos and ask questions")),
+    ("new", N_("Start a new case")),
+    ("language", N_("Change the language")),
+    ("mode", N_("Patient or health worker mode")),
+    ("referral", N_("Summary of the case for a clinic")),
+    ("about", N_("Which model answers; where your data goes")),
+    ("forget", N_("Delete your photos, questions and answers now")),
 ]
 
 
@@ -72,26 +78,30 @@ class PerUserOrder(BaseUpdateProcessor):
 
 
 def build_application(
-    settings: Settings, store: Store, celery: Celery
+    settings: Settings, store: Store, jobs: JobQueue
 ) -> Application[Any, Any, Any, Any, Any, Any]:
-    """The bot, wired to Redis, the Celery queue and the configured Bot API server."""
+    """The bot, wired to the store, the job queue and the configured Bot API server."""
     if not settings.telegram_token:
         raise ConfigError(
             "SKINGPT_TELEGRAM_TOKEN is not set. Create a bot with @BotFather and put its token "
             "in that variable."
         )
-    service = TriageService(settings, store, celery)
+    service = TriageService(settings, store, jobs)
     sender = ReplySender(service)
     tasks: list[asyncio.Task[None]] = []
 
     async def on_start(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         service.bind(application.bot)
-        await application.bot.set_my_commands(COMMANDS)
+        for language in SUPPORTED:
+            _ = gettext_for(language)
+            commands = [BotCommand(name, _(about)) for name, about in COMMANDS]
+            await application.bot.set_my_commands(
+                commands, language_code=None if language == "en" else language
+            )
         tasks.append(asyncio.create_task(sender.run(application.bot), name="reply-sender"))
 
     async def on_stop(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
-        if service.typing is not None:
-            service.typing.stop_all()
+        service.stop()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -122,10 +132,17 @@ def build_application(
     new_message = filters.UpdateType.MESSAGE
     application.add_handler(CommandHandler("start", handlers.start))
     application.add_handler(CommandHandler("help", handlers.help_command))
+    application.add_handler(CommandHandler("about", handlers.about))
+    application.add_handler(CommandHandler("language", handlers.language))
+    application.add_handler(CommandHandler("mode", handlers.mode))
+    application.add_handler(CommandHandler("new", handlers.new_case))
+    application.add_handler(CommandHandler("referral", handlers.referral))
     application.add_handler(CommandHandler("forget", handlers.forget))
-    application.add_handler(
-        CallbackQueryHandler(handlers.analyse_anyway, pattern=rf"^{handlers.ANALYSE}:")
-    )
+    application.add_handler(CallbackQueryHandler(handlers.consent, pattern=r"^consent$"))
+    application.add_handler(CallbackQueryHandler(handlers.choose_language, pattern=r"^lang:"))
+    application.add_handler(CallbackQueryHandler(handlers.choose_mode, pattern=r"^mode:"))
+    application.add_handler(CallbackQueryHandler(handlers.analyse_anyway, pattern=r"^analyse:"))
+    application.add_handler(CallbackQueryHandler(handlers.which_case, pattern=r"^(same|other):"))
     application.add_handler(CallbackQueryHandler(handlers.stale_button))
     application.add_handler(MessageHandler(filters.UpdateType.EDITED, handlers.edited))
     application.add_handler(MessageHandler(new_message & filters.PHOTO, handlers.photo))

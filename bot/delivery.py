@@ -13,11 +13,14 @@ import os
 import socket
 
 from telegram import Bot, ReplyParameters
+from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden
 
 from bot.service import TriageService
-from skingpt.replies import Outcome, format_reply, reply_body, split_reply
-from skingpt.store import Job
+from skingpt.i18n import gettext_for
+from skingpt.replies import Message, Outcome, outcome_blocks, to_messages
+from skingpt.report import compose
+from skingpt.store import Job, case_code
 
 logger = logging.getLogger(__name__)
 
@@ -86,20 +89,39 @@ class ReplySender:
             logger.info("Job %s answered (%s)", job_id, job.outcome)
         if self.service.typing is not None:
             self.service.typing.done(job.chat_id, job_id)
+        if self.service.status is not None:
+            await self.service.status.finish(job_id, job.chat_id, job.status_message)
         await asyncio.to_thread(self.store.ack_outbox, entry_id)
         next_job = await asyncio.to_thread(self.store.release_turn, job.conv, job_id)
         if next_job is not None:
             await self.service.dispatch(next_job)
 
-    async def _send_parts(self, bot: Bot, job: Job) -> None:
-        """Send the reply, split to Telegram's length, skipping parts a retry already sent."""
-        body = reply_body(
-            job.outcome or Outcome.FAILED,
-            job.answer,
+    def messages(self, job: Job) -> list[Message]:
+        """The job's reply, structured, translated and split to Telegram's length."""
+        prefs = self.store.prefs(job.conv)
+        blocks, findings = compose(
+            kind=job.kind,
+            outcome=job.outcome or Outcome.FAILED,
+            answers=job.answers,
+            history=job.history,
+            question=job.question,
+            language=job.language,
             model_name=job.model_name,
             untrained=job.untrained,
+            case_code=case_code(job.case) if prefs.health_worker else None,
         )
-        for index, part in enumerate(split_reply(body)):
+        if findings.red_flags:
+            logger.info("Job %s: urgent-care advice given (%s)", job.job_id, findings.urgency)
+        if findings.abstention is not None:
+            logger.info(
+                "Job %s: the model's answer was unusable (%s)", job.job_id, findings.abstention
+            )
+        return to_messages(blocks, gettext_for(job.language))
+
+    async def _send_parts(self, bot: Bot, job: Job) -> None:
+        """Send the reply, skipping parts a retry already sent; plain text if HTML is refused."""
+        parts = await asyncio.to_thread(self.messages, job)
+        for index, part in enumerate(parts):
             if index < job.parts_sent:
                 continue
             reply_to = (
@@ -107,12 +129,20 @@ class ReplySender:
                 if job.reply_to and index == 0
                 else None
             )
-            await bot.send_message(job.chat_id, part, reply_parameters=reply_to)
+            try:
+                await bot.send_message(
+                    job.chat_id, part.html, parse_mode=ParseMode.HTML, reply_parameters=reply_to
+                )
+            except BadRequest as error:
+                logger.warning("Job %s: HTML refused (%s); sending plain text", job.job_id, error)
+                await bot.send_message(job.chat_id, part.plain, reply_parameters=reply_to)
             await asyncio.to_thread(self.store.mark_part_sent, job.job_id, index + 1)
 
     async def _send_apology(self, bot: Bot, job: Job) -> None:
         """After Telegram refused a reply, tell the user rather than leave them waiting."""
+        _ = gettext_for(job.language)
+        text = to_messages(outcome_blocks(Outcome.FAILED, _), _)[0].plain
         try:
-            await bot.send_message(job.chat_id, format_reply(Outcome.FAILED))
+            await bot.send_message(job.chat_id, text)
         except (BadRequest, Forbidden) as error:
             logger.warning("Job %s: the apology was refused too: %s", job.job_id, error.message)

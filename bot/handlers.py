@@ -11,90 +11,138 @@ from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.service import Asker, TriageService
+from bot.service import Asker, Session, TriageService
 from skingpt.errors import ImageRejected
-from skingpt.prompts import DEFAULT_QUESTION
+from skingpt.i18n import NATIVE_NAMES, SUPPORTED, gettext_for, negotiate
+from skingpt.referral import referral_text
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_LIMIT_BYTES = 20 * 1024 * 1024
-ANALYSE = "analyse"  # callback data prefix of the "analyse anyway" button
 MAX_QUESTION_CHARS = 2000
 
 
+# --- commands --------------------------------------------------------------------------------
+
+
 async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Say what the bot is and is not, with the disclaimer."""
-    await _reply(update, texts.START)
+    """Say what the bot is and is not, and ask for consent until it is given."""
+    session = await _session(update, context)
+    _ = session._
+    await _reply(update, _(texts.START))
+    if session.prefs.consented:
+        await _reply(update, _(texts.ALREADY_AGREED))
+    else:
+        await _ask_consent(update, context, session)
 
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Explain how to send a photo and ask questions."""
-    await _reply(update, texts.HELP)
+    """Explain how to send photos, ask questions and use the commands."""
+    session = await _session(update, context)
+    await _reply(update, session._(texts.HELP))
+
+
+async def about(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Which model answers, its limits, and where data goes."""
+    session = await _session(update, context)
+    _ = session._
+    settings = _service(context).settings
+    model = settings.weights.rstrip("/").rsplit("/", 1)[-1] if settings.weights else settings.model
+    encryption = _(texts.ENCRYPTED if settings.encryption_key else texts.NOT_ENCRYPTED)
+    hours = max(1, round(settings.retention_seconds / 3600))
+    await _reply(update, _(texts.ABOUT).format(model=model, hours=hours, encryption=encryption))
+
+
+async def language(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Offer the supported languages as buttons."""
+    session = await _session(update, context)
+    buttons = [
+        [InlineKeyboardButton(NATIVE_NAMES[code], callback_data=f"lang:{code}")]
+        for code in SUPPORTED
+    ]
+    await _message(update).reply_text(
+        session._(texts.CHOOSE_LANGUAGE), reply_markup=InlineKeyboardMarkup(buttons)
+    )
+
+
+async def mode(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Offer patient mode or community health worker mode."""
+    session = await _session(update, context)
+    _ = session._
+    buttons = [
+        [InlineKeyboardButton(_(texts.PATIENT), callback_data="mode:patient")],
+        [InlineKeyboardButton(_(texts.HEALTH_WORKER), callback_data="mode:health_worker")],
+    ]
+    await _message(update).reply_text(
+        _(texts.CHOOSE_MODE), reply_markup=InlineKeyboardMarkup(buttons)
+    )
+
+
+async def new_case(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Close the open case, so that the next photo starts a new one."""
+    session = await _session(update, context)
+    closed = await asyncio.to_thread(_service(context).store.close_case, session.conv)
+    await _reply(update, session._(texts.NEW_CASE if closed else texts.NO_OPEN_CASE))
+
+
+async def referral(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Write a short summary of the open case to forward to a clinic."""
+    session = await _session(update, context)
+    service = _service(context)
+    case = await service.open_case_of(session)
+    if case is None:
+        await _reply(update, session._(texts.NO_OPEN_CASE))
+        return
+    summary = await asyncio.to_thread(referral_text, service.store, case, session.language)
+    await _reply(update, summary)
 
 
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Delete every photo, question and answer stored about the user, at once, and confirm."""
-    deleted = await _service(context).forget(_asker(update))
-    await _reply(update, texts.FORGOTTEN if deleted else texts.NOTHING_TO_FORGET)
+    """Delete every photo, question, answer and setting stored about the user, and confirm."""
+    session = await _session(update, context)
+    deleted = await _service(context).forget(session, _message(update).chat.id)
+    await _reply(update, session._(texts.FORGOTTEN if deleted else texts.NOTHING_TO_FORGET))
+
+
+# --- messages --------------------------------------------------------------------------------
 
 
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Analyse a photo, taking its largest size."""
-    message = _message(update)
-    largest = message.photo[-1]
+    largest = _message(update).photo[-1]
     await _analyse_upload(update, context, largest.file_id, largest.file_size)
 
 
 async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Analyse an image sent as a file, whatever its name or MIME type says."""
-    message = _message(update)
-    assert message.document is not None
-    await _analyse_upload(update, context, message.document.file_id, message.document.file_size)
+    document = _message(update).document
+    assert document is not None
+    await _analyse_upload(update, context, document.file_id, document.file_size)
 
 
 async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Ask a follow-up question about the photo of the open case."""
+    """Ask a follow-up question about the open case."""
     message = _message(update)
     service = _service(context)
-    asker = _asker(update)
-    opened = await service.open_case(asker)
-    if opened is None:
-        await _reply(update, texts.SEND_PHOTO_FIRST)
+    session = await _session(update, context)
+    if not session.prefs.consented:
+        await _ask_consent(update, context, session)
         return
-    conv, case = opened
+    case = await service.open_case_of(session)
+    if case is None:
+        await _reply(update, session._(texts.SEND_PHOTO_FIRST))
+        return
     question = (message.text or "").strip()[:MAX_QUESTION_CHARS]
     if not question:
-        await _reply(update, texts.WRITE_A_QUESTION)
+        await _reply(update, session._(texts.WRITE_A_QUESTION))
         return
-    await service.ask(asker, conv, case, question)
-
-
-async def analyse_anyway(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Analyse a photo the quality check warned about, once, for the person who sent it."""
-    query = update.callback_query
-    assert query is not None and query.data is not None
-    await query.answer()
-    job_id = query.data.partition(":")[2]
-    chat_id = query.message.chat.id if query.message else query.from_user.id
-    asker = Asker(chat_id=chat_id, user_id=query.from_user.id, message_id=None)
-    released = await _service(context).release_held(asker, job_id)
-    if query.message is not None:
-        with contextlib.suppress(TelegramError):
-            await query.edit_message_reply_markup(reply_markup=None)
-    if not released:
-        await context.bot.send_message(chat_id, texts.STALE_BUTTON)
-
-
-async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Answer a button this version of the bot no longer knows."""
-    query = update.callback_query
-    assert query is not None
-    await query.answer(texts.STALE_BUTTON)
+    await service.ask(_asker(update), session, case, question)
 
 
 async def edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Ask for a new message instead of an edit."""
-    await _reply(update, texts.EDITED)
+    session = await _session(update, context)
+    await _reply(update, session._(texts.EDITED))
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -103,17 +151,89 @@ async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     addressee = command.partition("@")[2]
     if command.startswith("/") and addressee and addressee.lower() != context.bot.username.lower():
         return
-    await _reply(update, texts.UNSUPPORTED)
+    session = await _session(update, context)
+    await _reply(update, session._(texts.UNSUPPORTED))
+
+
+# --- buttons ---------------------------------------------------------------------------------
+
+
+async def consent(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Record the person's consent."""
+    session = await _button_session(update, context)
+    already = session.prefs.consented
+    await _service(context).set_prefs(session, consented=True)
+    await _drop_buttons(update)
+    await _button_reply(
+        update, session._(texts.ALREADY_AGREED if already else texts.THANKS_FOR_CONSENT)
+    )
+
+
+async def choose_language(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Switch the interface language."""
+    session = await _button_session(update, context)
+    chosen = negotiate(_button_value(update))
+    await _service(context).set_prefs(session, language=chosen)
+    await _drop_buttons(update)
+    await _button_reply(update, gettext_for(chosen)(texts.LANGUAGE_SET))
+
+
+async def choose_mode(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Switch between patient and community health worker mode."""
+    session = await _button_session(update, context)
+    health_worker = _button_value(update) == "health_worker"
+    await _service(context).set_prefs(session, health_worker=health_worker)
+    await _drop_buttons(update)
+    reply = texts.MODE_HEALTH_WORKER if health_worker else texts.MODE_PATIENT
+    await _button_reply(update, session._(reply))
+
+
+async def analyse_anyway(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Analyse a photo the quality check warned about, once, for the person who sent it."""
+    session = await _button_session(update, context)
+    released = await _service(context).release_held(
+        _button_asker(update), session, _button_value(update)
+    )
+    await _drop_buttons(update)
+    if not released:
+        await _button_reply(update, session._(texts.STALE_BUTTON))
+
+
+async def which_case(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """File held photos in the open case ("same problem") or in a new case."""
+    session = await _button_session(update, context)
+    query = update.callback_query
+    assert query is not None and query.data is not None
+    same = query.data.startswith("same:")
+    done = await _service(context).add_to_case(
+        _button_asker(update), session, _button_value(update), same
+    )
+    await _drop_buttons(update)
+    if not done:
+        await _button_reply(update, session._(texts.STALE_BUTTON))
+
+
+async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Answer a button this version of the bot no longer knows."""
+    query = update.callback_query
+    assert query is not None
+    session = await _button_session(update, context)
+    await query.answer(session._(texts.STALE_BUTTON))
 
 
 async def error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Log the failure with its traceback and tell the user, briefly, what to do."""
     logger.error("Handling an update failed", exc_info=context.error)
-    if isinstance(update, Update) and update.effective_message is not None:
+    if isinstance(update, Update) and update.effective_chat is not None:
+        user = update.effective_user
+        _ = gettext_for(negotiate(user.language_code if user else None))
         try:
-            await update.effective_message.reply_text(texts.SOMETHING_WENT_WRONG)
+            await context.bot.send_message(update.effective_chat.id, _(texts.SOMETHING_WENT_WRONG))
         except TelegramError:
             logger.warning("Could not tell the user about the failure")
+
+
+# --- helpers ---------------------------------------------------------------------------------
 
 
 async def _analyse_upload(
@@ -121,31 +241,40 @@ async def _analyse_upload(
 ) -> None:
     message = _message(update)
     service = _service(context)
+    session = await _session(update, context)
+    _ = session._
+    if not session.prefs.consented:
+        await _reply(update, _(texts.CONSENT_FIRST))
+        await _ask_consent(update, context, session)
+        return
     if size is not None and size > DOWNLOAD_LIMIT_BYTES:
-        await _reply(update, texts.FILE_TOO_BIG)
+        await _reply(update, _(texts.FILE_TOO_BIG))
         return
     try:
         telegram_file = await context.bot.get_file(file_id)
         data = bytes(await telegram_file.download_as_bytearray())
     except BadRequest as failure:
         too_big = "too big" in failure.message.lower()
-        await _reply(update, texts.FILE_TOO_BIG if too_big else texts.DOWNLOAD_FAILED)
+        await _reply(update, _(texts.FILE_TOO_BIG if too_big else texts.DOWNLOAD_FAILED))
         return
     try:
-        image_png, issues = await asyncio.to_thread(service.prepare_photo, data)
+        prepared = await asyncio.to_thread(service.prepare_photo, data)
     except ImageRejected as rejected:
         logger.info("Upload refused: %s", rejected.reason)
-        await _reply(update, rejected.user_message)
+        await _reply(update, rejected.tell(_))
         return
-    question = (message.caption or "").strip()[:MAX_QUESTION_CHARS] or DEFAULT_QUESTION
-    if not issues:
-        await service.new_case(_asker(update), image_png, question)
-        return
-    logger.info("Photo held by the quality check: %s", ", ".join(i.code for i in issues))
-    job_id = await service.new_case(_asker(update), image_png, question, hold=True)
-    button = InlineKeyboardButton(texts.ANALYSE_ANYWAY, callback_data=f"{ANALYSE}:{job_id}")
-    await message.reply_text(
-        texts.quality_report(issues), reply_markup=InlineKeyboardMarkup([[button]])
+    caption = (message.caption or "").strip()[:MAX_QUESTION_CHARS]
+    await service.photo(_asker(update), session, prepared, caption, message.media_group_id)
+
+
+async def _ask_consent(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, session: Session
+) -> None:
+    _ = session._
+    hours = max(1, round(_service(context).settings.retention_seconds / 3600))
+    button = InlineKeyboardButton(_(texts.AGREE), callback_data="consent")
+    await _message(update).reply_text(
+        _(texts.CONSENT).format(hours=hours), reply_markup=InlineKeyboardMarkup([[button]])
     )
 
 
@@ -165,6 +294,45 @@ def _asker(update: Update) -> Asker:
     user = update.effective_user
     user_id = user.id if user is not None else message.chat.id
     return Asker(chat_id=message.chat.id, user_id=user_id, message_id=message.message_id)
+
+
+async def _session(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Session:
+    user = update.effective_user
+    return await _service(context).session(_asker(update), user.language_code if user else None)
+
+
+def _button_asker(update: Update) -> Asker:
+    query = update.callback_query
+    assert query is not None
+    chat_id = query.message.chat.id if query.message else query.from_user.id
+    return Asker(chat_id=chat_id, user_id=query.from_user.id, message_id=None)
+
+
+async def _button_session(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Session:
+    query = update.callback_query
+    assert query is not None
+    with contextlib.suppress(TelegramError):
+        await query.answer()
+    return await _service(context).session(_button_asker(update), query.from_user.language_code)
+
+
+def _button_value(update: Update) -> str:
+    query = update.callback_query
+    assert query is not None and query.data is not None
+    return query.data.partition(":")[2]
+
+
+async def _drop_buttons(update: Update) -> None:
+    query = update.callback_query
+    if query is not None and query.message is not None:
+        with contextlib.suppress(TelegramError):
+            await query.edit_message_reply_markup(reply_markup=None)
+
+
+async def _button_reply(update: Update, reply: str) -> None:
+    query = update.callback_query
+    assert query is not None
+    await query.get_bot().send_message(_button_asker(update).chat_id, reply)
 
 
 async def _reply(update: Update, reply: str) -> None:

@@ -1,4 +1,4 @@
-"""What the bot does with a photo or a question: store it, queue a job, keep the user informed.
+"""What the bot does with photos and questions: store them, queue jobs, keep people informed.
 
 Jobs of one (chat, user) pair run one at a time and in order: a follow-up written while the
 previous answer is still being produced waits, and is queued with that answer in its history.
@@ -7,20 +7,31 @@ previous answer is still being produced waits, and is queued with that answer in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from celery import Celery
-from telegram import Bot
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    ReplyParameters,
+)
 from telegram.constants import ChatAction
-from telegram.error import TelegramError
+from telegram.error import BadRequest, TelegramError
 
-from skingpt.imaging import encode_png, load_image, normalise
+from bot import texts
+from skingpt.i18n import Translate, gettext_for, negotiate
+from skingpt.imaging import decode_stored, encode_png, load_image, normalise
+from skingpt.pipeline import ANALYSIS, FOLLOWUP
 from skingpt.quality import QualityIssue, assess
 from skingpt.settings import Settings
-from skingpt.store import Store
-from worker.app import ANSWER_TASK
+from skingpt.store import Prefs, Store
+from worker.queues import JobQueue
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +45,36 @@ class Asker:
     chat_id: int
     user_id: int
     message_id: int | None
+
+
+@dataclass(frozen=True)
+class Session:
+    """One person in one chat: their pseudonymous id, choices and language."""
+
+    conv: str
+    prefs: Prefs
+    language: str
+
+    @property
+    def _(self) -> Translate:
+        return gettext_for(self.language)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """An upload, decoded, normalised and checked."""
+
+    png: bytes
+    issues: list[QualityIssue]
+
+
+@dataclass
+class _Album:
+    asker: Asker
+    session: Session
+    caption: str
+    photos: list[Photo] = field(default_factory=list)
+    timer: asyncio.Task[None] | None = None
 
 
 class TypingIndicator:
@@ -86,103 +127,342 @@ class TypingIndicator:
                 self._pending.pop(chat_id, None)
 
 
+class StatusMessages:
+    """One message per queued job that shows its place in line, then the step being run.
+
+    It is edited only when its text changes and at most once every ``interval`` seconds
+    (Telegram limits edits), and deleted once the reply is out.
+    """
+
+    def __init__(self, bot: Bot, store: Store, settings: Settings) -> None:
+        self._bot = bot
+        self._store = store
+        self._interval = settings.status_interval_seconds
+        self._max_age = float(settings.visibility_timeout)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def show(self, asker: Asker, job_id: str, language: str, *, always: bool) -> None:
+        """Post the job's status (only when it has to wait, unless ``always``) and follow it."""
+        text = await asyncio.to_thread(self.describe, job_id, language)
+        if text is None:
+            return
+        place = await asyncio.to_thread(self._store.place_in_line, job_id, max_age=self._max_age)
+        if not always and (place or 0) <= 1:
+            return
+        reply = (
+            ReplyParameters(asker.message_id, allow_sending_without_reply=True)
+            if asker.message_id
+            else None
+        )
+        try:
+            message = await self._bot.send_message(asker.chat_id, text, reply_parameters=reply)
+        except TelegramError as error:
+            logger.warning("Could not post a status message: %s", type(error).__name__)
+            return
+        await asyncio.to_thread(self._store.set_status_message, job_id, message.message_id)
+        self._tasks[job_id] = asyncio.create_task(self._follow(message, job_id, language, text))
+
+    def describe(self, job_id: str, language: str) -> str | None:
+        """The status text of a job, or None once it is answered or gone."""
+        _ = gettext_for(language)
+        job = self._store.load_job(job_id)
+        if job is None or job.status == "done":
+            return None
+        if job.status == "running" and job.steps:
+            return _(texts.WORKING).format(step=job.step, steps=job.steps)
+        place = self._store.place_in_line(job_id, max_age=self._max_age)
+        if place is None:
+            return None
+        intro = texts.QUEUED if job.kind == ANALYSIS else texts.QUEUED_QUESTION
+        seconds = self.estimate(job_id, place)
+        wait = (
+            _(texts.ESTIMATE).format(minutes=max(1, round(seconds / 60)))
+            if seconds is not None
+            else _(texts.NO_ESTIMATE)
+        )
+        return _(intro).format(place=place) + " " + wait
+
+    def estimate(self, job_id: str, place: int) -> float | None:
+        """Seconds until the job's answer: the recent median service time of each job in line
+        up to this one, shared among the workers busy now; None before any job finished."""
+        medians = {}
+        for kind in (ANALYSIS, FOLLOWUP):
+            recent = self._store.recent_seconds(kind)
+            if recent:
+                medians[kind] = statistics.median(recent)
+        if not medians:
+            return None
+        fallback = max(medians.values())
+        workers = max(1, self._store.running_jobs())
+        kinds = self._store.kinds_in_line(place)
+        return sum(medians.get(kind, fallback) for kind in kinds) / workers
+
+    async def finish(self, job_id: str, chat_id: int, message_id: int | None) -> None:
+        """Stop following a job and delete its status message."""
+        task = self._tasks.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+        if message_id is not None:
+            with contextlib.suppress(TelegramError):
+                await self._bot.delete_message(chat_id, message_id)
+
+    def stop_all(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+
+    async def _follow(self, message: Message, job_id: str, language: str, shown: str) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                text = await asyncio.to_thread(self.describe, job_id, language)
+                if text is None:
+                    return
+                if text != shown:
+                    with contextlib.suppress(BadRequest):
+                        await message.edit_text(text)
+                    shown = text
+        except TelegramError as error:
+            logger.debug("Status updates stopped: %s", type(error).__name__)
+        finally:
+            if self._tasks.get(job_id) is asyncio.current_task():
+                self._tasks.pop(job_id, None)
+
+
 class TriageService:
     """The bot's side of the pipeline; handlers call it, the reply sender reports back to it."""
 
-    def __init__(self, settings: Settings, store: Store, celery: Celery) -> None:
+    def __init__(self, settings: Settings, store: Store, jobs: JobQueue) -> None:
         self.settings = settings
         self.store = store
-        self.celery = celery
+        self.jobs = jobs
         self.typing: TypingIndicator | None = None
+        self.status: StatusMessages | None = None
+        self._bot: Bot | None = None
+        self._albums: dict[tuple[str, str], _Album] = {}
 
     def bind(self, bot: Bot) -> None:
-        """Attach the running bot (for "typing…")."""
+        """Attach the running bot (for "typing…" and status messages)."""
+        self._bot = bot
         self.typing = TypingIndicator(bot, max_seconds=self.settings.task_time_limit * 2)
+        self.status = StatusMessages(bot, self.store, self.settings)
 
-    def prepare_photo(self, data: bytes) -> tuple[bytes, list[QualityIssue]]:
-        """Decode, normalise and check an upload: the PNG to store and its quality issues."""
+    def stop(self) -> None:
+        if self.typing is not None:
+            self.typing.stop_all()
+        if self.status is not None:
+            self.status.stop_all()
+        for album in self._albums.values():
+            if album.timer is not None:
+                album.timer.cancel()
+
+    # --- who is asking -----------------------------------------------------------------
+
+    async def session(self, asker: Asker, telegram_language: str | None) -> Session:
+        """The asker's pseudonym, choices and language (their choice, else Telegram's)."""
+
+        def read() -> Session:
+            conv = self.store.pseudonym(asker.chat_id, asker.user_id)
+            prefs = self.store.prefs(conv)
+            return Session(conv, prefs, prefs.language or negotiate(telegram_language))
+
+        return await asyncio.to_thread(read)
+
+    async def set_prefs(self, session: Session, **choices: bool | str) -> None:
+        await asyncio.to_thread(lambda: self.store.set_prefs(session.conv, **choices))  # type: ignore[arg-type]
+
+    def prepare_photo(self, data: bytes) -> Photo:
+        """Decode, normalise and check an upload (raises ImageRejected for unusable files)."""
         image = load_image(data, max_pixels=self.settings.max_image_pixels)
         image = normalise(image, max_side=self.settings.stored_image_side)
-        return encode_png(image), assess(image)
+        return Photo(encode_png(image), assess(image))
 
-    async def new_case(
-        self, asker: Asker, image_png: bytes, question: str, *, hold: bool = False
-    ) -> str:
-        """Open a case for a new photo with its first question; returns the job id.
+    # --- photos ---------------------------------------------------------------------------
 
-        With ``hold``, the job waits until :meth:`release_held` (the person chose to have a
-        photo analysed despite its quality issues).
-        """
-        conv = await asyncio.to_thread(self.store.pseudonym, asker.chat_id, asker.user_id)
-        case = await asyncio.to_thread(self.store.start_case, conv, image_png)
-        logger.info("Case %s opened for %s", case[:8], conv[:8])
-        if hold:
-            return await self.create_job(asker, conv, case, question)
-        return await self.ask(asker, conv, case, question)
+    async def photo(
+        self, asker: Asker, session: Session, photo: Photo, caption: str, album: str | None
+    ) -> None:
+        """A photo arrived: gather an album, ask about an open case, or open a new case."""
+        if album is None:
+            await self._submit(asker, session, [photo], caption)
+            return
+        key = (session.conv, album)
+        gathered = self._albums.get(key)
+        if gathered is None:
+            gathered = self._albums[key] = _Album(asker, session, caption)
+        gathered.photos.append(photo)
+        gathered.caption = gathered.caption or caption
+        if gathered.timer is not None:
+            gathered.timer.cancel()
+        gathered.timer = asyncio.create_task(self._close_album(key))
 
-    async def forget(self, asker: Asker) -> int:
-        """Delete everything stored about the asker in this chat; returns the keys deleted."""
-        conv = await asyncio.to_thread(self.store.pseudonym, asker.chat_id, asker.user_id)
-        deleted = await asyncio.to_thread(self.store.forget, conv)
-        if self.typing is not None:
-            self.typing.stop_chat(asker.chat_id)
-        logger.info("Forgot %s: %d keys deleted", conv[:8], deleted)
-        return deleted
+    async def _close_album(self, key: tuple[str, str]) -> None:
+        await asyncio.sleep(self.settings.album_wait_seconds)
+        album = self._albums.pop(key)
+        try:
+            await self._submit(album.asker, album.session, album.photos, album.caption)
+        except Exception:
+            logger.exception("Handling an album failed")
+            await self._say(album.asker, album.session._(texts.SOMETHING_WENT_WRONG))
 
-    async def release_held(self, asker: Asker, job_id: str) -> bool:
-        """Queue a held job if it is the asker's, still waiting, and its photo still open."""
-        conv = await asyncio.to_thread(self.store.pseudonym, asker.chat_id, asker.user_id)
-        job = await asyncio.to_thread(self.store.load_job, job_id)
-        if job is None or job.conv != conv or job.status != "new":
+    async def _submit(
+        self, asker: Asker, session: Session, photos: Sequence[Photo], caption: str
+    ) -> None:
+        _ = session._
+        if len(photos) > 1:
+            await self._say(asker, _(texts.ALBUM_RECEIVED).format(count=len(photos)))
+        ordered = sorted(photos, key=lambda p: len(p.issues))  # the clearest first
+        if await asyncio.to_thread(self.store.open_case, session.conv):
+            pngs = [p.png for p in ordered]
+            token = await asyncio.to_thread(self.store.hold_photos, session.conv, pngs, caption)
+            buttons = [[(_(texts.SAME), f"same:{token}"), (_(texts.DIFFERENT), f"other:{token}")]]
+            await self._say(asker, _(texts.SAME_PROBLEM), buttons)
+            return
+        await self.open_case(asker, session, ordered, caption)
+
+    async def open_case(
+        self, asker: Asker, session: Session, photos: Sequence[Photo], caption: str
+    ) -> None:
+        """Start a case with the photos (the first is the one the model reads)."""
+
+        def start() -> str:
+            case = self.store.start_case(session.conv, photos[0].png)
+            for extra in photos[1:]:
+                self.store.add_photo(case, extra.png, primary=False)
+            return case
+
+        case = await asyncio.to_thread(start)
+        logger.info("Case %s opened with %d photos", case[:8], len(photos))
+        await self.analyse(asker, session, case, photos[0].issues, caption)
+
+    async def add_to_case(self, asker: Asker, session: Session, token: str, same: bool) -> bool:
+        """Put held photos in the open case (``same``) or in a new one; False if they are gone."""
+        held = await asyncio.to_thread(self.store.take_photos, token)
+        if held is None:
             return False
-        if await asyncio.to_thread(self.store.open_case, conv) != job.case:
-            return False
-        if not await asyncio.to_thread(self.store.take_held, job_id):
-            return False  # a second tap on the same button
-        await self.queue(asker.chat_id, conv, job_id)
+        pngs, caption = held
+        photos = [Photo(png, assess(decode_stored(png))) for png in pngs]
+        case = await asyncio.to_thread(self.store.open_case, session.conv) if same else None
+        if case is None:
+            await self.open_case(asker, session, photos, caption)
+            return True
+
+        def add() -> None:
+            for index, photo in enumerate(photos):
+                self.store.add_photo(case, photo.png, primary=index == 0)
+
+        await asyncio.to_thread(add)
+        await self._say(asker, session._(texts.ADDED_TO_CASE))
+        await self.analyse(asker, session, case, photos[0].issues, caption)
         return True
 
-    async def open_case(self, asker: Asker) -> tuple[str, str] | None:
-        """The asker's conversation id and open case, if a photo is still stored."""
-        conv = await asyncio.to_thread(self.store.pseudonym, asker.chat_id, asker.user_id)
-        case = await asyncio.to_thread(self.store.open_case, conv)
-        return (conv, case) if case else None
+    async def analyse(
+        self,
+        asker: Asker,
+        session: Session,
+        case: str,
+        issues: Sequence[QualityIssue],
+        caption: str,
+    ) -> None:
+        """Queue the first analysis of a case's photo, or hold it behind the quality check."""
+        from skingpt.prompts import DEFAULT_QUESTION
 
-    async def ask(self, asker: Asker, conv: str, case: str, question: str) -> str:
-        """Queue a question about a case, behind any earlier job of the same pair."""
-        job_id = await self.create_job(asker, conv, case, question)
-        await self.queue(asker.chat_id, conv, job_id)
+        question = caption or DEFAULT_QUESTION
+        job_id = await self.create_job(asker, session, case, question, kind=ANALYSIS)
+        if not issues:
+            await self.queue(asker, session, job_id)
+            return
+        _ = session._
+        logger.info("Photo held by the quality check: %s", ", ".join(i.code for i in issues))
+        buttons = [[(_(texts.ANALYSE_ANYWAY), f"analyse:{job_id}")]]
+        await self._say(asker, texts.quality_report(issues, _), buttons)
+
+    # --- questions and jobs ----------------------------------------------------------------
+
+    async def open_case_of(self, session: Session) -> str | None:
+        """The session's open case, if its photo is still stored."""
+        return await asyncio.to_thread(self.store.open_case, session.conv)
+
+    async def ask(self, asker: Asker, session: Session, case: str, question: str) -> str:
+        """Queue a follow-up about a case, behind any earlier job of the same pair."""
+        job_id = await self.create_job(asker, session, case, question, kind=FOLLOWUP)
+        await self.queue(asker, session, job_id)
         return job_id
 
-    async def create_job(self, asker: Asker, conv: str, case: str, question: str) -> str:
-        """Record a question; it runs only once queued."""
+    async def create_job(
+        self, asker: Asker, session: Session, case: str, question: str, *, kind: str
+    ) -> str:
+        """Record a job; it runs only once queued."""
         return await asyncio.to_thread(
             lambda: self.store.new_job(
-                conv=conv,
+                conv=session.conv,
                 case=case,
                 chat_id=asker.chat_id,
                 reply_to=asker.message_id,
                 question=question,
+                kind=kind,
+                language=session.language,
             )
         )
 
-    async def queue(self, chat_id: int, conv: str, job_id: str) -> None:
+    async def release_held(self, asker: Asker, session: Session, job_id: str) -> bool:
+        """Queue a held job if it is the asker's, still waiting, and its photo still open."""
+        job = await asyncio.to_thread(self.store.load_job, job_id)
+        if job is None or job.conv != session.conv or job.status != "new":
+            return False
+        if await asyncio.to_thread(self.store.open_case, session.conv) != job.case:
+            return False
+        if not await asyncio.to_thread(self.store.take_held, job_id):
+            return False  # a second tap on the same button
+        await self.queue(asker, session, job_id)
+        return True
+
+    async def queue(self, asker: Asker, session: Session, job_id: str) -> None:
         """Hand the job to the workers now, or line it up behind the pair's running job."""
         if self.typing is not None:
-            self.typing.start(chat_id, job_id)
-        if await asyncio.to_thread(self.store.claim_turn, conv, job_id):
+            self.typing.start(asker.chat_id, job_id)
+        await asyncio.to_thread(self.store.enqueue, job_id)
+        if await asyncio.to_thread(self.store.claim_turn, session.conv, job_id):
             await self.dispatch(job_id)
         else:
             logger.info("Job %s waits for the previous answer in its conversation", job_id)
+        if self.status is not None:
+            job = await asyncio.to_thread(self.store.load_job, job_id)
+            always = job is not None and job.kind == ANALYSIS
+            await self.status.show(asker, job_id, session.language, always=always)
 
     async def dispatch(self, job_id: str) -> None:
         """Copy the finished turns into the job and hand it to the workers."""
 
         def send() -> None:
             self.store.snapshot_history(job_id)
-            self.celery.send_task(
-                ANSWER_TASK, args=[job_id], task_id=job_id, queue=self.settings.queue
-            )
+            self.jobs.submit(job_id)
 
         await asyncio.to_thread(send)
         logger.info("Job %s queued", job_id)
+
+    async def forget(self, session: Session, chat_id: int) -> int:
+        """Delete everything stored about the asker in this chat; returns the keys deleted."""
+        deleted = await asyncio.to_thread(self.store.forget, session.conv)
+        if self.typing is not None:
+            self.typing.stop_chat(chat_id)
+        for key in [key for key in self._albums if key[0] == session.conv]:
+            album = self._albums.pop(key)
+            if album.timer is not None:
+                album.timer.cancel()
+        logger.info("Forgot %s: %d keys deleted", session.conv[:8], deleted)
+        return deleted
+
+    async def _say(
+        self, asker: Asker, text: str, buttons: list[list[tuple[str, str]]] | None = None
+    ) -> None:
+        """Send a fixed text (plain, so nothing in it can break parsing)."""
+        assert self._bot is not None, "bind() the running bot first"
+        markup = _keyboard(buttons) if buttons else None
+        await self._bot.send_message(asker.chat_id, text, reply_markup=markup)
+
+
+def _keyboard(rows: list[list[tuple[str, str]]]) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        [[InlineKeyboardButton(label, callback_data=data) for label, data in row] for row in rows]
+    )

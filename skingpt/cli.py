@@ -1,4 +1,5 @@
-"""The ``skingpt`` command: ``ask`` (offline, one process), ``bot`` and ``worker``."""
+"""The ``skingpt`` command: ``ask`` (one photo, this process), ``bot`` and ``worker`` (Telegram
+with Redis and Celery), ``run`` (offline clinic mode, one process), ``key`` and ``weights``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(None, **_overrides(args))
-        quiet = args.command in {"ask", "weights"}
+        quiet = args.command in {"ask", "weights", "key"}
         _configure_logging(args.log_level or ("WARNING" if quiet else settings.log_level))
         return int(args.run(settings, args))
     except (ConfigError, ModelUnavailable) as error:
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _model_options(ask)
     ask.add_argument("--seed", type=int, help="seed the sampling for a reproducible answer")
+    ask.add_argument(
+        "--language", default="en", help="answer language: en, es, fr or ar (default en)"
+    )
     ask.add_argument("--max-new-tokens", type=int, help="longest answer, in tokens")
     ask.set_defaults(run=run_ask)
 
@@ -66,6 +70,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     bot.set_defaults(run=run_bot)
 
+    run = commands.add_parser(
+        "run",
+        help="offline clinic mode: bot and model in this process, no Redis; with no Telegram "
+        "token, a local web chat",
+    )
+    _model_options(run)
+    run.add_argument(
+        "--host", default="127.0.0.1", help="web chat address (default 127.0.0.1: this machine)"
+    )
+    run.add_argument("--port", type=int, default=8080, help="web chat port (default 8080)")
+    run.add_argument(
+        "--allow-test-model",
+        action="store_true",
+        default=None,
+        help="serve the untrained tiny-random model (only for tests and demonstrations)",
+    )
+    run.set_defaults(run=run_offline)
+
+    key = commands.add_parser("key", help="print a new key for SKINGPT_ENCRYPTION_KEY")
+    key.set_defaults(run=run_key)
+
     worker = commands.add_parser("worker", help="run a Celery worker that answers queued jobs")
     _model_options(worker)
     worker.add_argument(
@@ -75,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes, each with its own copy of the model (default 1)",
     )
     worker.set_defaults(run=run_worker)
+
+    for command in (bot, worker, run):
+        command.add_argument(
+            "--allow-scripted-model",
+            action="store_true",
+            default=None,
+            help="accept SKINGPT_MODEL=scripted (canned answers; only for tests)",
+        )
 
     weights = commands.add_parser("weights", help="convert and inspect model weights")
     actions = weights.add_subparsers(dest="action", required=True)
@@ -158,6 +191,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "seed",
         "max_new_tokens",
         "allow_test_model",
+        "allow_scripted_model",
     )
     return {name: getattr(args, name, None) for name in names}
 
@@ -176,13 +210,17 @@ def _configure_logging(level: str) -> None:
 
 
 def run_ask(settings: Settings, args: argparse.Namespace) -> int:
-    """Load the model here, answer, print the reply with the disclaimer."""
+    """Load the model here, run the first analysis and any follow-ups, print each reply."""
+    from skingpt.i18n import gettext_for, negotiate
     from skingpt.imaging import load_image, normalise
     from skingpt.model.modeling import load_model
-    from skingpt.pipeline import Analyzer
+    from skingpt.pipeline import ANALYSIS, FOLLOWUP, Analyzer
     from skingpt.prompts import DEFAULT_QUESTION, Turn
-    from skingpt.replies import Outcome, format_reply
+    from skingpt.replies import Outcome, format_plain
+    from skingpt.report import compose
 
+    language = negotiate(args.language)
+    _ = gettext_for(language)
     try:
         data = args.photo.read_bytes()
     except OSError as error:
@@ -194,22 +232,38 @@ def run_ask(settings: Settings, args: argparse.Namespace) -> int:
             max_side=settings.stored_image_side,
         )
     except ImageRejected as rejected:
-        print(f"skingpt ask: {rejected.user_message}", file=sys.stderr)
+        print(f"skingpt ask: {rejected.tell(_)}", file=sys.stderr)
         return 2
     analyzer = Analyzer(load_model(settings), settings.generation)
     history: list[Turn] = []
-    for question in [args.question or DEFAULT_QUESTION, *args.then]:
-        answer = analyzer.answer(image, history, question)
-        outcome = Outcome.ANSWERED if answer.text else Outcome.EMPTY
-        if len(history) or args.then:
-            print(f"> {question}\n")
-        print(
-            format_reply(
-                outcome, answer.text, model_name=answer.model_name, untrained=answer.untrained
-            )
+    questions = [(ANALYSIS, args.question or DEFAULT_QUESTION)]
+    questions += [(FOLLOWUP, question) for question in args.then]
+    for kind, question in questions:
+        analysis = analyzer.analyse(image, history, question, kind=kind, language=language)
+        outcome = Outcome.ANSWERED if any(analysis.answers.values()) else Outcome.EMPTY
+        blocks, _findings = compose(
+            kind=kind,
+            outcome=outcome,
+            answers=analysis.answers,
+            history=history,
+            question=question,
+            language=language,
+            model_name=analysis.model_name,
+            untrained=analysis.untrained,
         )
+        if args.then:
+            print(f"> {question}\n")
+        print(format_plain(blocks, _))
         print()
-        history.append(Turn(question=question, answer=answer.text))
+        history += analysis.turns
+    return 0
+
+
+def run_key(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a new random key for encrypting photos at rest."""
+    from cryptography.fernet import Fernet
+
+    print(Fernet.generate_key().decode())
     return 0
 
 
@@ -269,18 +323,86 @@ def run_bot(settings: Settings, args: argparse.Namespace) -> int:
 
     from bot.app import build_application
     from worker.app import create_celery
+    from worker.queues import CeleryQueue
 
+    _refuse_test_model(settings)
+    store = _store(settings)
+    jobs = CeleryQueue(create_celery(settings), settings.queue)
+    application = build_application(settings, store, jobs)
+    logger.info("Bot starting; model %s, Redis %s", settings.model, _redacted(settings.redis_url))
+    application.run_polling(allowed_updates=Update.ALL_TYPES)
+    return 0
+
+
+def run_offline(settings: Settings, args: argparse.Namespace) -> int:
+    """Offline clinic mode: the bot, an in-process store and queue, and the model, here.
+
+    With a Telegram token the bot polls Telegram; without one it serves a local web chat
+    through the package's Bot API stand-in, on ``--host`` (this machine only by default).
+    """
+    import dataclasses
+    import secrets
+
+    os.environ.setdefault("PTB_TIMEDELTA", "1")
+    import fakeredis
+    from telegram import Update
+
+    from bot.app import build_application
+    from bot.standin import BotAPIStandIn
+    from bot.webchat import WebChat
+    from skingpt.store import Store
+    from worker.queues import LocalQueue
+    from worker.runner import JobRunner, ModelHolder
+
+    _refuse_test_model(settings)
+    if settings.weights:
+        settings = _checked_weights(settings)
+    # The same Store code and Lua scripts as with Redis, on an in-memory server in this
+    # process: nothing is written to disk, and everything is gone when it stops.
+    store = Store(
+        fakeredis.FakeRedis(),
+        prefix=settings.key_prefix,
+        retention_seconds=settings.retention_seconds,
+        turn_hold_seconds=settings.visibility_timeout,
+        encryption_key=settings.encryption_key,
+    )
+    holder = ModelHolder(settings)
+    holder.start_loading()
+    runner = JobRunner(store, holder, max_deliveries=settings.max_deliveries, model_wait=3600.0)
+    jobs = LocalQueue(runner)
+    api: BotAPIStandIn | None = None
+    chat: WebChat | None = None
+    if not settings.telegram_token:
+        api = BotAPIStandIn(f"1:{secrets.token_urlsafe(24)}", bot_username="skingpt_clinic_bot")
+        api.start()
+        settings = dataclasses.replace(
+            settings,
+            telegram_token=api.token,
+            telegram_api_url=api.base_url,
+            telegram_file_url=api.base_file_url,
+        )
+        chat = WebChat(api, host=args.host, port=args.port).start()
+        print(f"Web chat: {chat.url}", flush=True)
+        logger.info("Offline clinic mode: web chat on %s", chat.url)
+    application = build_application(settings, store, jobs)
+    try:
+        application.run_polling(allowed_updates=Update.ALL_TYPES)
+    finally:
+        jobs.stop()
+        if chat is not None:
+            chat.stop()
+        if api is not None:
+            api.stop()
+    return 0
+
+
+def _refuse_test_model(settings: Settings) -> None:
     if settings.is_test_model and not settings.allow_test_model:
         raise ConfigError(
             "SKINGPT_MODEL is tiny-random, an untrained test model whose answers are noise. "
             "Set SKINGPT_MODEL and SKINGPT_WEIGHTS to a real model, or pass --allow-test-model "
             "if this is a test that no real user can reach."
         )
-    store = _store(settings)
-    application = build_application(settings, store, create_celery(settings))
-    logger.info("Bot starting; model %s, Redis %s", settings.model, _redacted(settings.redis_url))
-    application.run_polling(allowed_updates=Update.ALL_TYPES)
-    return 0
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -291,10 +413,10 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     if settings.quantize != "none":
         _check_quantization_possible(settings)
-    if settings.weights is None:
-        get_preset(settings.model)
-    else:
+    if settings.weights:
         settings = _checked_weights(settings)
+    elif settings.model != "scripted":
+        get_preset(settings.model)
     if settings.is_test_model:
         logger.warning("This worker runs tiny-random, an untrained test model")
     app = create_celery(settings)
@@ -361,6 +483,7 @@ def _store(settings: Settings) -> Store:
         prefix=settings.key_prefix,
         retention_seconds=settings.retention_seconds,
         turn_hold_seconds=settings.visibility_timeout,
+        encryption_key=settings.encryption_key,
     )
     try:
         store.client.ping()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class SkinGPTError(Exception):
     """Base class for the project's own errors."""
@@ -16,13 +18,20 @@ class ImageRejected(SkinGPTError):
 
     Attributes:
         reason: a short machine-readable code (``empty``, ``too_large``, ``not_an_image``...).
-        user_message: what to tell the person who sent it.
+        user_message: what to tell the person who sent it (English, a catalog message id
+            whose ``{names}`` are filled from ``params`` after translation).
+        params: the values of those names.
     """
 
-    def __init__(self, reason: str, user_message: str) -> None:
-        super().__init__(f"{reason}: {user_message}")
+    def __init__(self, reason: str, user_message: str, **params: object) -> None:
+        super().__init__(f"{reason}: {user_message.format(**params)}")
         self.reason = reason
         self.user_message = user_message
+        self.params = params
+
+    def tell(self, translate: Callable[[str], str]) -> str:
+        """The message for the sender, in the language of ``translate``."""
+        return translate(self.user_message).format(**self.params)
 
 
 class ModelUnavailable(SkinGPTError):

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from skingpt.errors import ImageRejected
+from skingpt.i18n import N_
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +24,23 @@ MIN_SIDE = 32
 # Photo formats only: Pillow's other readers (EPS, for one, runs Ghostscript) never see uploads.
 ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF")
 
-_SMALLER_COPY = "Please send it as a normal photo instead of a file, or a smaller copy."
-_TOO_LARGE = "This image is too large for me to open ({width}×{height} pixels). " + _SMALLER_COPY
-_NOT_AN_IMAGE = (
+_EMPTY = N_("The file you sent is empty. Please send the photo again.")
+_TOO_LARGE = N_(
+    "This image is too large for me to open ({width}×{height} pixels). Please send it as a "
+    "normal photo instead of a file, or a smaller copy."
+)
+_BOMB = N_(
+    "This image is too large for me to open. Please send it as a normal photo instead of a "
+    "file, or a smaller copy."
+)
+_NOT_AN_IMAGE = N_(
     "I could not read this file as an image. Please send a photo of the skin (JPEG or PNG)."
 )
-_DAMAGED = "This image file seems damaged or incomplete. Please take or send the photo again."
+_DAMAGED = N_("This image file seems damaged or incomplete. Please take or send the photo again.")
+_TOO_SMALL = N_(
+    "This image is only {width}×{height} pixels; I need at least {minimum} on each side. "
+    "Please send a closer, sharper photo."
+)
 
 
 def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -45,7 +57,7 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
         ImageRejected: with a message for the sender when the file cannot be used.
     """
     if not data:
-        raise ImageRejected("empty", "The file you sent is empty. Please send the photo again.")
+        raise ImageRejected("empty", _EMPTY)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. corrupt EXIF: handled below, not printed
@@ -53,7 +65,7 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=_available_formats())
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageRejected("too_large", _TOO_LARGE.format(width=width, height=height))
+                raise ImageRejected("too_large", _TOO_LARGE, width=width, height=height)
             image.seek(0)
             image.load()
     except ImageRejected:
@@ -61,17 +73,11 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageRejected("not_an_image", _NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected(
-            "too_large", "This image is too large for me to open. " + _SMALLER_COPY
-        ) from None
+        raise ImageRejected("too_large", _BOMB) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError):
         raise ImageRejected("damaged", _DAMAGED) from None
     if min(width, height) < MIN_SIDE:
-        raise ImageRejected(
-            "too_small",
-            f"This image is only {width}×{height} pixels; I need at least {MIN_SIDE} on each "
-            "side. Please send a closer, sharper photo.",
-        )
+        raise ImageRejected("too_small", _TOO_SMALL, width=width, height=height, minimum=MIN_SIDE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _to_rgb(_upright(image))

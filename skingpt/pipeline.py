@@ -1,14 +1,20 @@
-"""From a photo, the earlier turns and a question to a labelled answer.
+"""From a photo, the earlier turns and a question to labelled answers.
 
-``skingpt ask`` and the Celery worker both call :meth:`Analyzer.answer`, so preprocessing,
-prompt and generation are the same code in both, whichever model backend is loaded.
+``skingpt ask``, the Celery worker and the offline clinic mode all call :meth:`Analyzer.analyse`,
+so preprocessing, prompts and generation are the same code in each, whichever model backend is
+loaded.
+
+A first analysis asks the four clinical questions of :data:`prompts.CLINICAL_QUESTIONS` in order,
+each in the context of the answers before it: four model calls, plus one more when the photo came
+with the person's own question, and only one when the description is already unusable (the
+rest would build on nothing). A follow-up is one call, in the context of the case's history.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -17,6 +23,19 @@ from skingpt.model.base import VisionLanguageModel
 from skingpt.settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
+
+ANALYSIS = "analysis"
+FOLLOWUP = "followup"
+
+
+def plan(kind: str, question: str) -> list[tuple[str, str]]:
+    """The model calls of one job, as (answer key, question) pairs, in order."""
+    if kind != ANALYSIS:
+        return [("answer", question)]
+    steps = list(prompts.CLINICAL_QUESTIONS)
+    if question.strip() and question != prompts.DEFAULT_QUESTION:
+        steps.append(("question", question))
+    return steps
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,18 @@ class Answer:
     new_tokens: int
     seconds: float
     dropped_turns: int = 0
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Every answer of one job, keyed as in :func:`plan`, and the turns they add to the case."""
+
+    answers: dict[str, str]
+    turns: list[prompts.Turn] = field(default_factory=list)
+    model_name: str = ""
+    untrained: bool = False
+    seconds: float = 0.0
+    new_tokens: int = 0
 
 
 class Analyzer:
@@ -68,4 +99,43 @@ class Analyzer:
             new_tokens=generated.new_tokens,
             seconds=generated.seconds,
             dropped_turns=generated.dropped_turns,
+        )
+
+    def analyse(
+        self,
+        image: Image.Image,
+        history: Sequence[prompts.Turn],
+        question: str,
+        *,
+        kind: str = FOLLOWUP,
+        language: str = "en",
+        on_step: Callable[[int, int], None] | None = None,
+        seed: int | None = None,
+    ) -> Analysis:
+        """Run the model calls of one job (see :func:`plan`), each in the context of the last."""
+        from skingpt.safety import judge_answer
+
+        steps = plan(kind, question)
+        turns = list(history)
+        answers: dict[str, str] = {}
+        seconds = 0.0
+        new_tokens = 0
+        for index, (key, asked) in enumerate(steps):
+            if on_step is not None:
+                on_step(index + 1, len(steps))
+            result = self.answer(image, turns, prompts.in_language(asked, language), seed=seed)
+            answers[key] = result.text
+            turns.append(prompts.Turn(question=asked, answer=result.text))
+            seconds += result.seconds
+            new_tokens += result.new_tokens
+            if key == "describe" and judge_answer(result.text, language) is not None:
+                logger.info("The description is unusable; the remaining questions are skipped")
+                break
+        return Analysis(
+            answers=answers,
+            turns=turns[len(history) :],
+            model_name=self.model.name,
+            untrained=self.model.untrained,
+            seconds=seconds,
+            new_tokens=new_tokens,
         )

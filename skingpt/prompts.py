@@ -27,6 +27,23 @@ DEFAULT_QUESTION = (
     "Describe the skin condition in this photo. What could it be, and what should I do?"
 )
 
+# The first analysis asks these in order, each in the context of the answers before it: the
+# four questions of the SkinGPT-4 clinical evaluation (describe the condition, further features
+# seen, likely cause, treatment), in our own words. The third also asks for the likely
+# conditions, most likely first, which the structured reply lists.
+CLINICAL_QUESTIONS = (
+    ("describe", "Could you describe the skin condition in this image?"),
+    ("features", "Please list any additional features you observe in the image."),
+    (
+        "cause",
+        "What is the most likely condition, and what else could it be? Name them, most likely "
+        "first, and explain what usually causes them.",
+    ),
+    ("treatment", "What treatment and care would you suggest for it?"),
+)
+
+LANGUAGE_NAMES = {"en": "English", "es": "Spanish", "fr": "French", "ar": "Arabic"}
+
 _HASHES = re.compile(r"#{2,}")
 
 
@@ -47,6 +64,13 @@ def clean_user_text(text: str) -> str:
     text = text.replace(IMAGE_PLACEHOLDER, " ")
     text = _HASHES.sub("#", text)
     return " ".join(text.split())
+
+
+def in_language(question: str, language: str) -> str:
+    """The question with a request to answer in the person's language (English needs none)."""
+    if language == "en" or language not in LANGUAGE_NAMES:
+        return question
+    return f"{question} Please answer in {LANGUAGE_NAMES[language]}."
 
 
 def build_prompt(history: Sequence[Turn], question: str) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from skingpt.i18n import N_
+
 # The model sees 224×224; much less than that leaves it too little to look at.
 MIN_SIDE = 200
 # Variance of the Laplacian over squared mean brightness (×1000), on the photo scaled to 512 px,
@@ -37,24 +39,26 @@ class QualityIssue:
 ISSUES = {
     "too_small": QualityIssue(
         "too_small",
-        "The photo is very small, so details of the skin are lost.",
-        "Send the original photo, or take it closer, filling the picture with the skin.",
+        N_("The photo is very small, so details of the skin are lost."),
+        N_("Send the original photo, or take it closer, filling the picture with the skin."),
     ),
     "blurred": QualityIssue(
         "blurred",
-        "The photo looks blurred.",
-        "Hold the phone still, tap the skin on the screen to focus, and keep about a hand's "
-        "width away.",
+        N_("The photo looks blurred."),
+        N_(
+            "Hold the phone still, tap the skin on the screen to focus, and keep about a hand's "
+            "width away."
+        ),
     ),
     "too_dark": QualityIssue(
         "too_dark",
-        "The photo is too dark.",
-        "Take it in daylight, near a window, or switch on more light; avoid your own shadow.",
+        N_("The photo is too dark."),
+        N_("Take it in daylight, near a window, or switch on more light; avoid your own shadow."),
     ),
     "too_bright": QualityIssue(
         "too_bright",
-        "The photo is too bright: parts of it are washed out.",
-        "Avoid direct sun or the flash; use soft daylight from the side.",
+        N_("The photo is too bright: parts of it are washed out."),
+        N_("Avoid direct sun or the flash; use soft daylight from the side."),
     ),
 }
 

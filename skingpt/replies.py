@@ -1,25 +1,32 @@
-"""The fixed text around every answer: the test-model warning and the medical disclaimer.
+"""Replies as blocks of text, rendered as Telegram HTML or as plain text, and split to fit.
 
-Both the bot and ``skingpt ask`` build replies here, so no path can leave the disclaimer out.
+Every dynamic fragment (model text, the person's words) is escaped when rendered as HTML; the
+plain rendering is exactly the text Telegram shows for the HTML one, so lengths are counted on
+it and the plain version can be resent when Telegram refuses the HTML. Every part of a split
+reply ends with the disclaimer.
 """
 
 from __future__ import annotations
 
+import html
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-DISCLAIMER = (
+from skingpt.i18n import N_, Translate
+
+DISCLAIMER = N_(
     "⚕️ This is not a diagnosis. It is an automated description from a computer model that can "
     "be wrong, and it does not replace a doctor or nurse. If the skin changes quickly, bleeds, "
     "hurts a lot, or comes with fever or feeling unwell, see a health worker today; in an "
     "emergency call your local emergency number."
 )
 
-TEST_MODEL_BANNER = (
-    "⚠️ TEST MODEL: this answer comes from an untrained model with random weights ({model}). "
-    "The text below is meaningless and says nothing about the photo."
+TEST_MODEL_BANNER = N_(
+    "⚠️ TEST MODEL: this answer comes from a test model ({model}), not a trained one. "
+    "The text below says nothing about the photo."
 )
-
 
 # Control characters other than tab and newline, and the replacement character left by a token
 # cut in the middle of a UTF-8 sequence: a model can emit them, and clients show boxes.
@@ -27,7 +34,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\ufffd]")
 
 TELEGRAM_LIMIT = 4096  # UTF-16 code units per message
 _GAP = "\n\n"
-_BOUNDARIES = ("\n\n", "\n", ". ", "! ", "? ", "; ", ", ", " ")
+_BOUNDARIES = ("\n\n", "\n", ". ", "! ", "? ", "؟ ", "; ", ", ", "، ", " ")
 
 
 class Outcome(StrEnum):
@@ -40,68 +47,147 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
-_OUTCOME_TEXT = {
-    Outcome.EMPTY: (
+OUTCOME_TEXT = {
+    Outcome.EMPTY: N_(
         "I cannot tell what this is from the photo: the model gave no usable answer. "
         "Please try a sharper photo in good daylight, or show the skin to a health worker."
     ),
-    Outcome.PHOTO_EXPIRED: (
+    Outcome.PHOTO_EXPIRED: N_(
         "I no longer have your photo (photos are deleted after a while for your privacy). "
         "Please send the photo again."
     ),
-    Outcome.TIMED_OUT: (
+    Outcome.TIMED_OUT: N_(
         "Sorry, the analysis took too long and was stopped. Please send your message again "
         "in a few minutes."
     ),
-    Outcome.FAILED: (
+    Outcome.FAILED: N_(
         "Sorry, something went wrong on our side while looking at your photo. Please send it "
         "again in a few minutes."
     ),
 }
 
 
-def reply_body(
-    outcome: Outcome, answer: str = "", *, model_name: str = "", untrained: bool = False
-) -> str:
-    """Everything a reply says before the disclaimer."""
-    parts = []
-    if untrained:
-        parts.append(TEST_MODEL_BANNER.format(model=model_name or "test"))
-    answer = _CONTROL.sub("", answer).strip()
-    if outcome is Outcome.ANSWERED and answer:
-        parts.append(answer)
-    else:
-        parts.append(_OUTCOME_TEXT.get(outcome, _OUTCOME_TEXT[Outcome.EMPTY]))
-    return _GAP.join(parts)
+class Style(StrEnum):
+    """How a block is shown."""
+
+    PLAIN = "plain"
+    URGENT = "urgent"  # bold: advice that leads the reply
+    NOTE = "note"  # italic: fixed notes such as the disclaimer
 
 
-def format_reply(
-    outcome: Outcome, answer: str = "", *, model_name: str = "", untrained: bool = False
-) -> str:
-    """The whole reply a person reads, always ending with the disclaimer."""
-    body = reply_body(outcome, answer, model_name=model_name, untrained=untrained)
-    return body + _GAP + DISCLAIMER
+@dataclass(frozen=True)
+class Block:
+    """One paragraph: an optional bold heading line, then text. Both are plain, unescaped."""
+
+    text: str
+    heading: str = ""
+    style: Style = Style.PLAIN
+
+    def plain(self) -> str:
+        return f"{self.heading}\n{self.text}" if self.heading else self.text
+
+    def html(self) -> str:
+        text = html.escape(self.text, quote=False)
+        if self.style is Style.URGENT:
+            text = f"<b>{text}</b>"
+        elif self.style is Style.NOTE:
+            text = f"<i>{text}</i>"
+        if self.heading:
+            return f"<b>{html.escape(self.heading, quote=False)}</b>\n{text}"
+        return text
 
 
-def split_reply(body: str, *, limit: int = TELEGRAM_LIMIT) -> list[str]:
-    """Messages of at most ``limit`` UTF-16 units, each ending with the disclaimer.
+@dataclass(frozen=True)
+class Message:
+    """One message to send: the HTML to try first and the plain text to fall back on."""
 
-    Cuts fall on a paragraph, line, sentence or word boundary where one is near enough.
+    html: str
+    plain: str
+
+
+def clean_model_text(text: str) -> str:
+    """Model output without control characters and surrounding blank space."""
+    return _CONTROL.sub("", text).strip()
+
+
+def banner(model_name: str, _: Translate) -> Block:
+    """The warning that leads every reply of a test model."""
+    return Block(_(TEST_MODEL_BANNER).format(model=model_name or "test"), style=Style.URGENT)
+
+
+def disclaimer(_: Translate) -> Block:
+    return Block(_(DISCLAIMER), style=Style.NOTE)
+
+
+def outcome_blocks(
+    outcome: Outcome, _: Translate, *, model_name: str = "", untrained: bool = False
+) -> list[Block]:
+    """The reply for a job that produced no answer."""
+    blocks = [banner(model_name, _)] if untrained else []
+    return [*blocks, Block(_(OUTCOME_TEXT.get(outcome, OUTCOME_TEXT[Outcome.FAILED])))]
+
+
+def render_plain(blocks: Sequence[Block]) -> str:
+    return _GAP.join(block.plain() for block in blocks)
+
+
+def render_html(blocks: Sequence[Block]) -> str:
+    return _GAP.join(block.html() for block in blocks)
+
+
+def to_messages(
+    blocks: Sequence[Block], _: Translate, *, limit: int = TELEGRAM_LIMIT
+) -> list[Message]:
+    """The reply as messages of at most ``limit`` UTF-16 units, each ending with the disclaimer.
+
+    Cuts fall between blocks, or inside a long block on a paragraph, line, sentence or word
+    boundary where one is near enough.
     """
-    room = limit - utf16_len(_GAP + DISCLAIMER)
-    pieces = []
-    rest = body.strip()
-    while utf16_len(rest) > room:
-        cut = _cut_point(rest, room)
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    pieces.append(rest)
-    return [piece + _GAP + DISCLAIMER for piece in pieces if piece]
+    tail = disclaimer(_)
+    room = limit - utf16_len(_GAP + tail.plain())
+    parts: list[list[Block]] = [[]]
+    for block in _fitting_blocks(blocks, room):
+        used = utf16_len(render_plain(parts[-1]))
+        extra = utf16_len(block.plain()) + (utf16_len(_GAP) if parts[-1] else 0)
+        if parts[-1] and used + extra > room:
+            parts.append([])
+        parts[-1].append(block)
+    return [
+        Message(html=render_html([*part, tail]), plain=render_plain([*part, tail]))
+        for part in parts
+        if part
+    ]
+
+
+def format_plain(blocks: Sequence[Block], _: Translate) -> str:
+    """The whole reply as one plain text, ending with the disclaimer (for the command line)."""
+    return render_plain([*blocks, disclaimer(_)])
 
 
 def utf16_len(text: str) -> int:
     """Length as Telegram counts it: characters outside the BMP count twice."""
     return len(text.encode("utf-16-le")) // 2
+
+
+def _fitting_blocks(blocks: Sequence[Block], room: int) -> list[Block]:
+    """The blocks, with any block longer than ``room`` cut into pieces that fit."""
+    fitting = []
+    for block in blocks:
+        if not block.text.strip() and not block.heading:
+            continue
+        if utf16_len(block.plain()) <= room:
+            fitting.append(block)
+            continue
+        heading_room = utf16_len(block.heading) + 1 if block.heading else 0
+        rest = block.text.strip()
+        first = True
+        while rest:
+            space = room - (heading_room if first else 0)
+            cut = len(rest) if utf16_len(rest) <= space else _cut_point(rest, space)
+            piece, rest = rest[:cut].rstrip(), rest[cut:].lstrip()
+            fitting.append(replace(block, text=piece, heading=block.heading if first else ""))
+            first = False
+    return fitting
 
 
 def _cut_point(text: str, room: int) -> int:
@@ -117,4 +203,4 @@ def _cut_point(text: str, room: int) -> int:
         at = window.rfind(boundary)
         if at > fits // 2:
             return at + len(boundary)
-    return fits
+    return max(fits, 1)

@@ -60,6 +60,8 @@ class Settings:
     backend: str = "auto"
     verify_weights: bool = True
     torch_threads: int | None = None
+    script: str | None = None
+    allow_scripted_model: bool = False
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -73,6 +75,9 @@ class Settings:
     task_time_limit: int = 300
     visibility_timeout: int = 3600
     max_deliveries: int = 3
+    encryption_key: str | None = field(default=None, repr=False)
+    album_wait_seconds: float = 2.0
+    status_interval_seconds: float = 5.0
 
     telegram_token: str | None = field(default=None, repr=False)
     telegram_api_url: str = "https://api.telegram.org/bot"
@@ -106,8 +111,20 @@ class Settings:
                 f"SKINGPT_QUANTIZE={self.quantize} needs a CUDA GPU, but SKINGPT_DEVICE=cpu. "
                 "On CPU use SKINGPT_QUANTIZE=none with fp32 or bf16."
             )
+        if self.model == "scripted" and not (self.script and self.allow_scripted_model):
+            raise ConfigError(
+                "SKINGPT_MODEL=scripted gives canned answers and exists only for tests: it needs "
+                "SKINGPT_SCRIPT=<script.toml> and SKINGPT_ALLOW_SCRIPTED_MODEL=true."
+            )
         if self.max_deliveries < 1:
             raise ConfigError("SKINGPT_MAX_DELIVERIES must be at least 1.")
+        if self.encryption_key:
+            _check_fernet_key(self.encryption_key)
+        if self.status_interval_seconds < 3:
+            raise ConfigError(
+                "SKINGPT_STATUS_INTERVAL_SECONDS must be at least 3: Telegram limits how often "
+                "a message can be edited."
+            )
         if self.retention_seconds < 60:
             raise ConfigError("SKINGPT_RETENTION_SECONDS must be at least 60.")
         if not 0 < self.task_soft_time_limit < self.task_time_limit:
@@ -152,6 +169,18 @@ class Settings:
             else:
                 values[key] = value
         return cls(generation=GenerationSettings(**generation), **values)  # type: ignore[arg-type]
+
+
+def _check_fernet_key(key: str) -> None:
+    try:
+        from cryptography.fernet import Fernet
+
+        Fernet(key.encode())
+    except (ValueError, TypeError):
+        raise ConfigError(
+            "SKINGPT_ENCRYPTION_KEY is not a valid key: it must be 32 random bytes in URL-safe "
+            "base64. Make one with `skingpt key`."
+        ) from None
 
 
 def _parse(name: str, raw: str, annotation: object) -> object:

@@ -3,18 +3,25 @@
 Keys (``P`` is the configured prefix):
 
 ``P:conv:<conv>``            hash: the open case of one (chat, user) pair
+``P:conv:<conv>:prefs``      hash: consent, language and mode of that pair
 ``P:conv:<conv>:inflight``   the job of that pair being answered now (one at a time, in order)
 ``P:conv:<conv>:waiting``    list: jobs of that pair queued behind it
-``P:conv:<conv>:keys``       set: every case and job key of that pair, for ``/forget``
-``P:case:<case>:image``      the normalised photo, PNG
+``P:conv:<conv>:keys``       set: every case, job and photo key of that pair, for ``/forget``
+``P:case:<case>``            hash: the case's number, photo count and the photo the model reads
+``P:case:<case>:images``     list: the case's normalised photos, PNG (encrypted with a key)
 ``P:case:<case>:turns``      list: finished question/answer turns, JSON
+``P:photo:<token>``          a photo waiting for the person to say which case it belongs to
 ``P:job:<job>``              hash: one question and, once answered, its answer
+``P:queue``                  sorted set: every queued or running job, by the time it was queued
+``P:stats:<kind>``           list: recent service times in seconds, newest first
 ``P:outbox``                 stream: finished jobs for the bot to send
 ``P:pseudonym-key``          the secret behind pseudonymous ids
 
 Conversations are keyed by a keyed hash of the chat and user ids, never the raw ids. Every key
 that holds a photo, a question or an answer expires ``retention_seconds`` after the last
 activity of its case. The job hash keeps the Telegram chat id, which sending the reply needs.
+With an encryption key configured, photos are stored encrypted (Fernet: AES-128-CBC with an
+HMAC-SHA256 tag); a key that cannot decrypt them reads as an expired photo.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from cryptography.fernet import Fernet, InvalidToken
 
 from skingpt.prompts import Turn
 from skingpt.replies import Outcome
@@ -38,17 +46,24 @@ logger = logging.getLogger(__name__)
 
 OUTBOX_GROUP = "senders"
 
-# Marks a job answered, records the turn and queues the reply, all at once and only once.
+# Marks a job answered, records its turns and queues the reply, all at once and only once;
+# the job leaves the queue and, when it ran, its service time joins the recent ones.
 _COMPLETE = """
 local job = KEYS[1]
 if redis.call('HGET', job, 'status') == 'done' then return 0 end
+redis.call('ZREM', KEYS[4], ARGV[7])
 if redis.call('EXISTS', job) == 0 then return -1 end
-redis.call('HSET', job, 'status', 'done', 'outcome', ARGV[1], 'answer', ARGV[2],
+redis.call('HSET', job, 'status', 'done', 'outcome', ARGV[1], 'answers', ARGV[2],
            'model', ARGV[3], 'untrained', ARGV[4], 'finished', ARGV[5])
 if ARGV[1] == 'answered' then
-  local turn = cjson.encode({q = redis.call('HGET', job, 'question'), a = ARGV[2]})
-  redis.call('RPUSH', KEYS[2], turn)
+  for _, turn in ipairs(cjson.decode(ARGV[8])) do
+    redis.call('RPUSH', KEYS[2], cjson.encode(turn))
+  end
   redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+if tonumber(ARGV[9]) > 0 then
+  redis.call('LPUSH', KEYS[5], ARGV[9])
+  redis.call('LTRIM', KEYS[5], 0, 49)
 end
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[7])
 return 1
@@ -69,11 +84,16 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """
 
-# Deletes everything stored about one pair: its cases, jobs and conversation keys.
+# Deletes everything stored about one pair: its cases, jobs, photos and conversation keys, and
+# takes its jobs out of the queue.
 _FORGET = """
 local keys = redis.call('SMEMBERS', KEYS[1])
 local deleted = 0
-for _, key in ipairs(keys) do deleted = deleted + redis.call('DEL', key) end
+for _, key in ipairs(keys) do
+  local job = string.match(key, ':job:(%x+)$')
+  if job then redis.call('ZREM', ARGV[1], job) end
+  deleted = deleted + redis.call('DEL', key)
+end
 for i = 2, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
 return deleted + redis.call('DEL', KEYS[1])
 """
@@ -102,7 +122,7 @@ return false
 
 @dataclass(frozen=True)
 class Job:
-    """One question waiting for, or holding, its answer."""
+    """One question (or a first analysis) waiting for, or holding, its answer."""
 
     job_id: str
     conv: str
@@ -110,15 +130,60 @@ class Job:
     chat_id: int
     reply_to: int | None
     question: str
+    kind: str = "followup"
+    language: str = "en"
     history: list[Turn] = field(default_factory=list)
     status: str = "new"
     outcome: Outcome | None = None
-    answer: str = ""
+    answers: dict[str, str] = field(default_factory=dict)
     model_name: str = ""
     untrained: bool = False
     delivered: bool = False
     attempts: int = 0
     parts_sent: int = 0
+    step: int = 0
+    steps: int = 0
+    status_message: int | None = None
+
+    @property
+    def answer(self) -> str:
+        """All the model wrote for this job, in the order it was asked."""
+        return "\n\n".join(text for text in self.answers.values() if text)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One skin problem: its photos and the questions about it."""
+
+    case_id: str
+    number: int
+    photos: int
+    primary: int
+
+    @property
+    def code(self) -> str:
+        """A short id to quote on a referral (e.g. ``K7F-2QX``)."""
+        return case_code(self.case_id)
+
+
+@dataclass(frozen=True)
+class Prefs:
+    """What one person chose: consent, interface language and mode."""
+
+    consented: bool = False
+    language: str | None = None
+    health_worker: bool = False
+
+
+def case_code(case_id: str) -> str:
+    """Six characters of the case id in an alphabet without 0/O and 1/I, for reading aloud."""
+    alphabet = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+    number = int(case_id[:12], 16)
+    chars = []
+    for _ in range(6):
+        number, digit = divmod(number, len(alphabet))
+        chars.append(alphabet[digit])
+    return "".join(chars[:3]) + "-" + "".join(chars[3:])
 
 
 class Store:
@@ -128,12 +193,19 @@ class Store:
     """
 
     def __init__(
-        self, client: redis.Redis, *, prefix: str, retention_seconds: int, turn_hold_seconds: int
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        retention_seconds: int,
+        turn_hold_seconds: int,
+        encryption_key: str | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.retention = retention_seconds
         self.turn_hold = turn_hold_seconds
+        self._fernet = Fernet(encryption_key.encode()) if encryption_key else None
         self._pseudonym_key: bytes | None = None
         self._complete = client.register_script(_COMPLETE)
         self._claim = client.register_script(_CLAIM)
@@ -144,7 +216,13 @@ class Store:
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str, retention_seconds: int, turn_hold_seconds: int
+        cls,
+        url: str,
+        *,
+        prefix: str,
+        retention_seconds: int,
+        turn_hold_seconds: int,
+        encryption_key: str | None = None,
     ) -> Store:
         client = redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
         return cls(
@@ -152,6 +230,7 @@ class Store:
             prefix=prefix,
             retention_seconds=retention_seconds,
             turn_hold_seconds=turn_hold_seconds,
+            encryption_key=encryption_key,
         )
 
     def key(self, *parts: str) -> str:
@@ -167,29 +246,123 @@ class Store:
         digest = hmac.new(self._pseudonym_key, f"{chat_id}:{user_id}".encode(), hashlib.sha256)
         return digest.hexdigest()[:32]
 
-    # --- cases: one photo and the questions about it -------------------------------------
+    # --- photos at rest ------------------------------------------------------------------
+
+    def _seal(self, image_png: bytes) -> bytes:
+        return self._fernet.encrypt(image_png) if self._fernet else image_png
+
+    def _open(self, stored: bytes) -> bytes | None:
+        if self._fernet is None:
+            return stored
+        try:
+            return self._fernet.decrypt(stored)
+        except InvalidToken:
+            logger.error("A stored photo cannot be decrypted with the configured key")
+            return None
+
+    # --- preferences: consent, language, mode ----------------------------------------------
+
+    def prefs(self, conv: str) -> Prefs:
+        """The pair's choices; reading them keeps them alive as long as the retention allows."""
+        name = self.key("conv", conv, "prefs")
+        with self.client.pipeline() as pipe:
+            pipe.hgetall(name)
+            pipe.expire(name, self.retention)
+            raw: Any = pipe.execute()[0]
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        return Prefs(
+            consented=data.get("consent") == "1",
+            language=data.get("language") or None,
+            health_worker=data.get("mode") == "health_worker",
+        )
+
+    def set_prefs(
+        self,
+        conv: str,
+        *,
+        consented: bool | None = None,
+        language: str | None = None,
+        health_worker: bool | None = None,
+    ) -> None:
+        """Record one or more of the pair's choices."""
+        fields: dict[Any, Any] = {}
+        if consented is not None:
+            fields["consent"] = int(consented)
+        if language is not None:
+            fields["language"] = language
+        if health_worker is not None:
+            fields["mode"] = "health_worker" if health_worker else "patient"
+        if not fields:
+            return
+        name = self.key("conv", conv, "prefs")
+        with self.client.pipeline() as pipe:
+            pipe.hset(name, mapping=fields)
+            pipe.expire(name, self.retention)
+            pipe.execute()
+
+    # --- cases: photos and the questions about them ---------------------------------------
 
     def start_case(self, conv: str, image_png: bytes) -> str:
         """Store a new photo as the pair's open case and return the case id."""
         case = uuid.uuid4().hex
+        number: Any = self.client.hincrby(self.key("conv", conv), "cases", 1)
         with self.client.pipeline() as pipe:
-            pipe.set(self.key("case", case, "image"), image_png, ex=self.retention)
+            pipe.rpush(self.key("case", case, "images"), self._seal(image_png))
+            pipe.expire(self.key("case", case, "images"), self.retention)
+            pipe.hset(
+                self.key("case", case),
+                mapping={"number": int(number), "photos": 1, "primary": 0, "conv": conv},
+            )
+            pipe.expire(self.key("case", case), self.retention)
             pipe.hset(self.key("conv", conv), mapping={"case": case, "updated": time.time()})
             pipe.expire(self.key("conv", conv), self.retention)
-            case_keys = (self.key("case", case, "image"), self.key("case", case, "turns"))
+            case_keys = (
+                self.key("case", case),
+                self.key("case", case, "images"),
+                self.key("case", case, "turns"),
+            )
             self._track(pipe, conv, *case_keys)
             pipe.execute()
         return case
+
+    def add_photo(self, case: str, image_png: bytes, *, primary: bool) -> int:
+        """Add a photo to a case; with ``primary`` the model reads this one from now on."""
+        images = self.key("case", case, "images")
+        with self.client.pipeline() as pipe:
+            pipe.rpush(images, self._seal(image_png))
+            pipe.expire(images, self.retention)
+            pipe.hincrby(self.key("case", case), "photos", 1)
+            count = int(pipe.execute()[0])
+        if primary:
+            self.client.hset(self.key("case", case), "primary", count - 1)
+        return count
+
+    def case(self, case: str) -> Case | None:
+        raw: Any = self.client.hgetall(self.key("case", case))
+        if not raw:
+            return None
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        return Case(
+            case_id=case,
+            number=int(data.get("number", 1)),
+            photos=int(data.get("photos", 1)),
+            primary=int(data.get("primary", 0)),
+        )
+
+    def close_case(self, conv: str) -> bool:
+        """Leave the open case, so the next photo starts a new one; False if none was open."""
+        return bool(self.client.hdel(self.key("conv", conv), "case"))
 
     def forget(self, conv: str) -> int:
         """Delete every photo, question, answer and job of one pair; returns the keys deleted."""
         own = [
             self.key("conv", conv, "keys"),
             self.key("conv", conv),
+            self.key("conv", conv, "prefs"),
             self.key("conv", conv, "inflight"),
             self.key("conv", conv, "waiting"),
         ]
-        return int(self._forget(keys=own))
+        return int(self._forget(keys=own, args=[self.key("queue")]))
 
     def _track(self, pipe: Any, conv: str, *keys: str) -> None:
         pipe.sadd(self.key("conv", conv, "keys"), *keys)
@@ -202,24 +375,62 @@ class Store:
             return None
         case = _text(raw)
         with self.client.pipeline() as pipe:
-            pipe.expire(self.key("case", case, "image"), self.retention)
+            pipe.expire(self.key("case", case, "images"), self.retention)
+            pipe.expire(self.key("case", case), self.retention)
             pipe.expire(self.key("case", case, "turns"), self.retention)
             pipe.expire(self.key("conv", conv), self.retention)
             alive = pipe.execute()[0]
         return case if alive else None
 
     def load_image(self, case: str) -> bytes | None:
-        data: Any = self.client.get(self.key("case", case, "image"))
-        return bytes(data) if data is not None else None
+        """The photo the model reads for this case (decrypted), or None once it expired."""
+        primary: Any = self.client.hget(self.key("case", case), "primary")
+        data: Any = self.client.lindex(self.key("case", case, "images"), int(primary or 0))
+        return self._open(bytes(data)) if data is not None else None
 
     def turns(self, case: str) -> list[Turn]:
         raw: Any = self.client.lrange(self.key("case", case, "turns"), 0, -1)
         return [Turn(question=t["q"], answer=t["a"]) for t in map(json.loads, raw)]
 
+    # --- photos waiting for the person to choose their case ---------------------------------
+
+    def hold_photos(self, conv: str, images: list[bytes], caption: str) -> str:
+        """Keep photos until the person says whether they show the open case's problem."""
+        token = uuid.uuid4().hex[:16]
+        name = self.key("photo", token)
+        with self.client.pipeline() as pipe:
+            pipe.rpush(name, caption.encode(), *(self._seal(image) for image in images))
+            pipe.expire(name, self.retention)
+            self._track(pipe, conv, name)
+            pipe.execute()
+        return token
+
+    def take_photos(self, token: str) -> tuple[list[bytes], str] | None:
+        """The held photos and their caption, once: a second tap finds nothing."""
+        name = self.key("photo", token)
+        with self.client.pipeline() as pipe:
+            pipe.lrange(name, 0, -1)
+            pipe.delete(name)
+            raw: Any = pipe.execute()[0]
+        if not raw:
+            return None
+        images = [self._open(bytes(item)) for item in raw[1:]]
+        if any(image is None for image in images):
+            return None
+        return [image for image in images if image is not None], bytes(raw[0]).decode()
+
     # --- jobs ----------------------------------------------------------------------------
 
     def new_job(
-        self, *, conv: str, case: str, chat_id: int, reply_to: int | None, question: str
+        self,
+        *,
+        conv: str,
+        case: str,
+        chat_id: int,
+        reply_to: int | None,
+        question: str,
+        kind: str = "followup",
+        language: str = "en",
     ) -> str:
         job_id = uuid.uuid4().hex
         fields: dict[Any, Any] = {
@@ -228,6 +439,8 @@ class Store:
             "chat_id": chat_id,
             "reply_to": "" if reply_to is None else reply_to,
             "question": question,
+            "kind": kind,
+            "language": language,
             "history": "[]",
             "status": "new",
             "created": time.time(),
@@ -260,6 +473,47 @@ class Store:
         self._update_job(keys=job, args=["set", "history", json.dumps(turns)])
         self._update_job(keys=job, args=["set", "status", "queued"])
 
+    def enqueue(self, job_id: str) -> None:
+        """Count the job in the line for the model (its place is shown to the person)."""
+        self.client.zadd(self.key("queue"), {job_id: time.time()}, nx=True)
+
+    def place_in_line(self, job_id: str, *, max_age: float) -> int | None:
+        """1 when the job is next or running; None when it is not in line (any more).
+
+        Entries older than ``max_age`` seconds belong to jobs whose end was never recorded.
+        """
+        name = self.key("queue")
+        with self.client.pipeline() as pipe:
+            pipe.zremrangebyscore(name, 0, time.time() - max_age)
+            pipe.zrank(name, job_id)
+            rank = pipe.execute()[1]
+        return None if rank is None else int(rank) + 1
+
+    def running_jobs(self, *, look_at: int = 32) -> int:
+        """How many of the first jobs in line are being answered now (the busy workers)."""
+        ids: Any = self.client.zrange(self.key("queue"), 0, look_at - 1)
+        if not ids:
+            return 0
+        with self.client.pipeline() as pipe:
+            for job_id in ids:
+                pipe.hget(self.key("job", _text(job_id)), "status")
+            statuses = pipe.execute()
+        return sum(1 for status in statuses if status == b"running")
+
+    def kinds_in_line(self, count: int) -> list[str]:
+        """The kinds of the first ``count`` jobs in line."""
+        ids: Any = self.client.zrange(self.key("queue"), 0, count - 1)
+        with self.client.pipeline() as pipe:
+            for job_id in ids:
+                pipe.hget(self.key("job", _text(job_id)), "kind")
+            kinds = pipe.execute()
+        return [_text(kind) if kind else "followup" for kind in kinds]
+
+    def recent_seconds(self, kind: str) -> list[float]:
+        """Service times of the latest jobs of one kind, newest first."""
+        raw: Any = self.client.lrange(self.key("stats", kind), 0, -1)
+        return [float(value) for value in raw]
+
     def load_job(self, job_id: str) -> Job | None:
         raw: Any = self.client.hgetall(self.key("job", job_id))
         if not raw:
@@ -274,20 +528,37 @@ class Store:
             chat_id=int(data["chat_id"]),
             reply_to=int(data["reply_to"]) if data.get("reply_to") else None,
             question=data["question"],
+            kind=data.get("kind", "followup"),
+            language=data.get("language", "en"),
             history=[Turn(question=t["q"], answer=t["a"]) for t in json.loads(data["history"])],
             status=data["status"],
             outcome=Outcome(data["outcome"]) if data.get("outcome") else None,
-            answer=data.get("answer", ""),
+            answers=json.loads(data["answers"]) if data.get("answers") else {},
             model_name=data.get("model", ""),
             untrained=data.get("untrained") == "1",
             delivered=data.get("delivered") == "1",
             attempts=int(data.get("attempts", 0)),
             parts_sent=int(data.get("parts_sent", 0)),
+            step=int(data.get("step", 0)),
+            steps=int(data.get("steps", 0)),
+            status_message=int(data["status_message"]) if data.get("status_message") else None,
         )
 
     def mark_running(self, job_id: str) -> int:
         """Count one more delivery of the job to a worker; 0 if the job no longer exists."""
         return int(self._mark_running(keys=[self.key("job", job_id)]))
+
+    def set_step(self, job_id: str, step: int, steps: int) -> None:
+        """Record which model call of the job is running (shown in the status message)."""
+        job = [self.key("job", job_id)]
+        self._update_job(keys=job, args=["set", "steps", steps])
+        self._update_job(keys=job, args=["set", "step", step])
+
+    def set_status_message(self, job_id: str, message_id: int) -> None:
+        """Remember the message that shows the job's place in line, to update or remove it."""
+        self._update_job(
+            keys=[self.key("job", job_id)], args=["set", "status_message", message_id]
+        )
 
     def take_held(self, job_id: str) -> bool:
         """True only the first time a held job is released."""
@@ -302,24 +573,39 @@ class Store:
         self,
         job_id: str,
         outcome: Outcome,
-        answer: str = "",
+        answers: dict[str, str] | None = None,
         *,
+        turns: list[Turn] | None = None,
         model_name: str = "",
         untrained: bool = False,
+        seconds: float = 0.0,
     ) -> bool:
-        """Record the answer and queue the reply; False if the job was already complete."""
-        case: Any = self.client.hget(self.key("job", job_id), "case")
-        turns_key = self.key("case", _text(case), "turns") if case else self.key("none")
+        """Record the answers and queue the reply; False if the job was already complete.
+
+        ``turns`` join the case's history when the job was answered; ``seconds`` (the time the
+        model took) joins the recent service times of the job's kind.
+        """
+        raw: Any = self.client.hmget(self.key("job", job_id), ["case", "kind"])
+        case, kind = (_text(v) if v is not None else None for v in raw)
+        turns_key = self.key("case", case, "turns") if case else self.key("none")
         done = self._complete(
-            keys=[self.key("job", job_id), turns_key, self.key("outbox")],
+            keys=[
+                self.key("job", job_id),
+                turns_key,
+                self.key("outbox"),
+                self.key("queue"),
+                self.key("stats", kind or "followup"),
+            ],
             args=[
                 outcome.value,
-                answer,
+                json.dumps(answers or {}),
                 model_name,
                 int(untrained),
                 time.time(),
                 self.retention,
                 job_id,
+                json.dumps([{"q": t.question, "a": t.answer} for t in turns or []]),
+                round(seconds, 3),
             ],
         )
         return bool(done == 1)

@@ -350,6 +350,11 @@ def load_model(settings: Settings) -> VisionLanguageModel:
     folder (MedGemma, LLaVA, Qwen2.5-VL) through transformers' auto classes.
     ``SKINGPT_BACKEND`` can force either.
     """
+    if settings.model == "scripted":
+        # Canned answers for tests; Settings has already required a script and the opt-in flag.
+        from skingpt.model.scripted import load_scripted
+
+        return load_scripted(Path(settings.script or ""))
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)

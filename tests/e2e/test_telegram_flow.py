@@ -10,113 +10,55 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 
 from bot import texts
-from bot.standin import BotAPIStandIn
-from skingpt.prompts import DEFAULT_QUESTION
-from skingpt.replies import DISCLAIMER, TEST_MODEL_BANNER, Outcome, format_reply
+from skingpt.i18n import gettext_for
+from skingpt.prompts import DEFAULT_QUESTION, Turn
+from skingpt.replies import DISCLAIMER, TEST_MODEL_BANNER, Outcome, to_messages
+from skingpt.report import compose
+from tests.e2e.support import TOKEN, Services, agree, containing, tap, wait_for
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "424242:e2e-secret-token"
 FIRST_REPLY_TIMEOUT = 120.0
 REPLY_TIMEOUT = 60.0
 
 
-@dataclass
-class Services:
-    api: BotAPIStandIn
-    redis: redis.Redis
-    prefix: str
-    bot: subprocess.Popen[bytes]
-    worker: subprocess.Popen[bytes]
-    logs: Path
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as output:
-        return subprocess.Popen(
-            [sys.executable, "-m", "skingpt.cli", *args],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @pytest.fixture(scope="module")
-def services(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    logs = tmp_path_factory.mktemp("e2e-logs")
-    prefix = f"skingpt-e2e-{os.getpid()}"
-    api = BotAPIStandIn(token=TOKEN).start()
-    env = {
-        **os.environ,
-        "SKINGPT_REDIS_URL": redis_url,
-        "SKINGPT_KEY_PREFIX": prefix,
-        "SKINGPT_QUEUE": f"{prefix}-gpu",
-        "SKINGPT_MODEL": "tiny-random",
-        "SKINGPT_TORCH_THREADS": "1",
-        "SKINGPT_MAX_NEW_TOKENS": "24",
-        "SKINGPT_SEED": "7",
-        "SKINGPT_LOG_LEVEL": "INFO",
-    }
-    worker = _spawn(["worker", "--concurrency", "1"], env, logs / "worker.log")
-    bot_env = {
-        **env,
-        "SKINGPT_TELEGRAM_TOKEN": TOKEN,
-        "SKINGPT_TELEGRAM_API_URL": api.base_url,
-        "SKINGPT_TELEGRAM_FILE_URL": api.base_file_url,
-    }
-    bot = _spawn(["bot", "--allow-test-model"], bot_env, logs / "bot.log")
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield Services(api=api, redis=client, prefix=prefix, bot=bot, worker=worker, logs=logs)
-    finally:
-        _stop(bot)
-        _stop(worker)
-        api.stop()
-        for key in client.scan_iter(match=f"{prefix}*", count=500):
-            client.delete(key)
-        for name in ("bot.log", "worker.log"):
-            sys.stderr.write(f"\n----- {name} -----\n{(logs / name).read_text(errors='replace')}")
-
-
-def _jobs(services: Services) -> list[dict[str, str]]:
-    jobs = []
-    for key in services.redis.scan_iter(match=f"{services.prefix}:job:*", count=500):
-        raw = services.redis.hgetall(key)
-        jobs.append({k.decode(): v.decode() for k, v in raw.items()})
-    return jobs
-
-
-def _assert_alive(services: Services) -> None:
-    for name, process in (("bot", services.bot), ("worker", services.worker)):
-        assert process.poll() is None, f"the {name} process exited with {process.returncode}"
+def services(start_services: Callable[..., Services]) -> Services:
+    return start_services(
+        ["--allow-test-model"], model="tiny-random", max_new_tokens="24", seed="7"
+    )
 
 
 def _mime(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def _replies(services: Services, chat_id: int) -> list[dict]:
+    """The bot's answers in a chat (status, consent and other fixed messages left out)."""
+    return [m for m in services.api.messages(chat_id) if DISCLAIMER in (m.get("text") or "")]
+
+
+def _expected(job: dict[str, str]) -> str:
+    """What the bot must send for a finished job: the structured reply, rendered plain."""
+    history = [Turn(t["q"], t["a"]) for t in json.loads(job["history"])]
+    blocks, _ = compose(
+        kind=job["kind"],
+        outcome=Outcome(job["outcome"]),
+        answers=json.loads(job.get("answers") or "{}"),
+        history=history,
+        question=job["question"],
+        language=job["language"],
+        model_name=job["model"],
+        untrained=job["untrained"] == "1",
+    )
+    return to_messages(blocks, gettext_for(job["language"]))[0].plain
 
 
 def test_photos_and_files_each_get_one_reply_and_follow_ups_keep_context(
@@ -126,9 +68,11 @@ def test_photos_and_files_each_get_one_reply_and_follow_ups_keep_context(
     photos = sample_photos
     # Each photo goes out twice, from two users: once compressed, once as a file.
     first_messages: dict[int, dict] = {}
-    for index, path in enumerate(photos):
+    users = [(1000 + index, 2000 + index) for index in range(len(photos))]
+    for user in (u for pair in users for u in pair):
+        agree(api, user)
+    for (photo_user, file_user), path in zip(users, photos, strict=True):
         data = path.read_bytes()
-        photo_user, file_user = 1000 + index, 2000 + index
         first_messages[photo_user] = api.send_photo(photo_user, data)
         first_messages[file_user] = api.send_document(
             file_user,
@@ -141,43 +85,42 @@ def test_photos_and_files_each_get_one_reply_and_follow_ups_keep_context(
     replies = {}
     deadline = FIRST_REPLY_TIMEOUT
     for user in first_messages:
-        replies[user] = api.wait_for_messages(user, 1, timeout=deadline)[0]
+        replies[user] = wait_for(api, user, containing(DISCLAIMER), timeout=deadline)
         deadline = REPLY_TIMEOUT
-    _assert_alive(services)
+    services.assert_alive()
 
     for user, reply in replies.items():
-        assert DISCLAIMER in reply["text"]
         assert TEST_MODEL_BANNER.format(model="tiny-random") in reply["text"]
         assert reply["reply_to_message"]["message_id"] == first_messages[user]["message_id"]
 
     for user in first_messages:
         api.send_text(user, "Is it contagious?")
     for user in first_messages:
-        follow_up = api.wait_for_messages(user, 2, timeout=REPLY_TIMEOUT)[1]
-        assert DISCLAIMER in follow_up["text"]
+        wait_for(api, user, containing(DISCLAIMER), after=len(api.messages(user)) - 1)
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while len(_replies(services, user)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     # Nothing more arrives: exactly one reply per message.
     time.sleep(2.0)
     for user in first_messages:
-        assert len(api.messages(user)) == 2, api.messages(user)
+        assert len(_replies(services, user)) == 2, api.messages(user)
 
-    # Each follow-up job carried the photo's turn, question and answer.
-    jobs = _jobs(services)
-    assert len(jobs) == 2 * len(first_messages)
-    by_chat: dict[int, list[dict[str, str]]] = {}
-    for job in jobs:
-        by_chat.setdefault(int(job["chat_id"]), []).append(job)
-    for user, (first, second) in (
-        (u, sorted(j, key=lambda job: float(job["created"]))) for u, j in by_chat.items()
-    ):
+    # Each follow-up job carried the first analysis's turns; each reply is the structured
+    # rendering of its job.
+    for user in first_messages:
+        first, second = services.jobs(user)
         expected_question = DEFAULT_QUESTION if user < 2000 else "What is this rash?"
-        assert first["question"] == expected_question
+        assert (first["kind"], first["question"]) == ("analysis", expected_question)
         assert json.loads(first["history"]) == []
-        assert second["question"] == "Is it contagious?"
-        assert json.loads(second["history"]) == [{"q": expected_question, "a": first["answer"]}]
-        assert replies[user]["text"] == format_reply(
-            Outcome(first["outcome"]), first["answer"], model_name="tiny-random", untrained=True
-        )
+        assert (second["kind"], second["question"]) == ("followup", "Is it contagious?")
+        history = json.loads(second["history"])
+        answers = json.loads(first["answers"])
+        assert [turn["a"] for turn in history] == list(answers.values())
+        assert history[0]["q"].startswith("Could you describe")
+        first_reply, second_reply = _replies(services, user)
+        assert first_reply["text"] == _expected(first)
+        assert second_reply["text"] == _expected(second)
         assert first["delivered"] == second["delivered"] == "1"
 
     # "typing…" was shown while the answers were prepared.
@@ -192,24 +135,28 @@ def test_quick_follow_up_waits_for_the_first_answer(
 ) -> None:
     api = services.api
     user = 3001
+    agree(api, user)
     api.send_photo(user, sample_photos[0].read_bytes(), caption="What is this?")
     api.send_text(user, "How long will it last?")
     api.send_text(user, "Should I see a doctor?")
 
-    sent = api.wait_for_messages(user, 3, timeout=REPLY_TIMEOUT)
-    assert all(DISCLAIMER in message["text"] for message in sent)
-    jobs = sorted(
-        (j for j in _jobs(services) if int(j["chat_id"]) == user),
-        key=lambda job: float(job["created"]),
-    )
+    deadline = time.monotonic() + REPLY_TIMEOUT
+    while len(_replies(services, user)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_replies(services, user)) == 3
+    jobs = services.jobs(user)
     assert [j["question"] for j in jobs] == [
         "What is this?",
         "How long will it last?",
         "Should I see a doctor?",
     ]
     histories = [json.loads(j["history"]) for j in jobs]
-    assert [len(h) for h in histories] == [0, 1, 2]
-    assert histories[2][1] == {"q": "How long will it last?", "a": jobs[1]["answer"]}
+    first_turns = len(json.loads(jobs[0]["answers"]))
+    assert [len(h) for h in histories] == [0, first_turns, first_turns + 1]
+    assert histories[2][-1] == {
+        "q": "How long will it last?",
+        "a": json.loads(jobs[1]["answers"])["answer"],
+    }
 
 
 def test_messages_without_a_usable_photo_get_a_clear_reply(services: Services) -> None:
@@ -226,7 +173,8 @@ def test_messages_without_a_usable_photo_get_a_clear_reply(services: Services) -
             }
         }
     )
-    api.send_text(4001, "/start")
+    for user in (400200137, 4003):
+        agree(api, user)
     api.send_text(400200137, "What is this rash on my arm?")
     api.send_document(
         4003, b"%PDF-1.4 not an image", file_name="scan.pdf", mime_type="application/pdf"
@@ -251,11 +199,10 @@ def test_messages_without_a_usable_photo_get_a_clear_reply(services: Services) -
         }
     )
 
-    assert DISCLAIMER in api.wait_for_messages(4001, 1)[0]["text"]
-    assert api.wait_for_messages(400200137, 1)[0]["text"] == texts.SEND_PHOTO_FIRST
-    assert "could not read this file as an image" in api.wait_for_messages(4003, 1)[0]["text"]
+    assert wait_for(api, 400200137, containing(texts.SEND_PHOTO_FIRST))
+    assert wait_for(api, 4003, containing("could not read this file as an image"))
     assert api.wait_for_messages(4004, 1)[0]["text"] == texts.UNSUPPORTED
-    _assert_alive(services)
+    services.assert_alive()
     bot_log = (services.logs / "bot.log").read_text(errors="replace")
     assert "Skipped update" in bot_log
     for private in ("What is this rash on my arm?", "Zed", "400200137", TOKEN):
@@ -276,10 +223,11 @@ def test_worker_parent_never_loads_torch(services: Services) -> None:
         return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
     # The child loads the model after start-up; wait until a job has surely run.
+    agree(services.api, 5001)
     services.api.send_photo(
         5001, (Path(__file__).parents[1] / "data" / "psoriasis_01.jpg").read_bytes()
     )
-    services.api.wait_for_messages(5001, 1, timeout=REPLY_TIMEOUT)
+    wait_for(services.api, 5001, containing(DISCLAIMER), timeout=REPLY_TIMEOUT)
     assert any(maps_torch(child) for child in children)
     assert not maps_torch(parent)
 
@@ -293,40 +241,28 @@ def test_blurred_photo_is_held_until_the_user_asks_for_it_once(
 
     api = services.api
     user = 6001
+    agree(api, user)
+    seen = len(api.messages(user))
     sharp = Image.open(sample_photos[0]).convert("RGB")
     buffer = io.BytesIO()
     sharp.filter(ImageFilter.GaussianBlur(max(sharp.size) / 200)).save(buffer, "JPEG")
     api.send_photo(user, buffer.getvalue(), caption="What is this?")
 
-    gate = api.wait_for_messages(user, 1)[0]
-    assert "The photo looks blurred." in gate["text"]
+    gate = wait_for(api, user, containing("The photo looks blurred."), after=seen)
     button = gate["reply_markup"]["inline_keyboard"][0][0]
     assert button["text"] == texts.ANALYSE_ANYWAY
-    assert not [j for j in _jobs(services) if int(j["chat_id"]) == user and j["status"] != "new"]
+    assert not [j for j in services.jobs(user) if j["status"] != "new"]
 
-    def tap(query_id: str) -> None:
-        api.send_update(
-            {
-                "callback_query": {
-                    "id": query_id,
-                    "chat_instance": "c1",
-                    "data": button["callback_data"],
-                    "from": {"id": user, "is_bot": False, "first_name": "Ana"},
-                    "message": gate,
-                }
-            }
-        )
-
-    tap("q1")
-    answer = api.wait_for_messages(user, 2, timeout=REPLY_TIMEOUT)[1]
-    assert DISCLAIMER in answer["text"] and "TEST MODEL" in answer["text"]
-    tap("q2")  # a second tap must not analyse the photo again
-    stale = api.wait_for_messages(user, 3)[2]
-    assert stale["text"] == texts.STALE_BUTTON
+    tap(api, user, gate, button["callback_data"])
+    answer = wait_for(api, user, containing(DISCLAIMER), timeout=REPLY_TIMEOUT)
+    assert "TEST MODEL" in answer["text"]
+    count = len(api.messages(user))
+    tap(api, user, gate, button["callback_data"])  # a second tap must not analyse it again
+    assert wait_for(api, user, containing(texts.STALE_BUTTON), after=count)
     time.sleep(1.0)
-    assert len(api.messages(user)) == 3
-    assert len(api.calls("answerCallbackQuery")) >= 2
-    assert api.messages(user)[0].get("reply_markup") in (None, {})
+    assert len(_replies(services, user)) == 1
+    assert len(services.jobs(user)) == 1
+    assert api.messages(user)[seen].get("reply_markup") in (None, {})
 
 
 def test_forget_deletes_the_users_data_at_once(
@@ -334,17 +270,26 @@ def test_forget_deletes_the_users_data_at_once(
 ) -> None:
     api = services.api
     user = 7001
+    agree(api, user)
     api.send_photo(user, sample_photos[1].read_bytes(), caption="What is this?")
-    api.wait_for_messages(user, 1, timeout=REPLY_TIMEOUT)
-    assert any(int(j["chat_id"]) == user for j in _jobs(services))
+    wait_for(api, user, containing(DISCLAIMER), timeout=REPLY_TIMEOUT)
+    assert services.jobs(user)
 
     api.send_text(user, "/forget")
-    assert api.wait_for_messages(user, 2)[1]["text"] == texts.FORGOTTEN
-    assert not any(int(j["chat_id"]) == user for j in _jobs(services))
-    api.send_text(user, "And now?")
-    assert api.wait_for_messages(user, 3)[2]["text"] == texts.SEND_PHOTO_FIRST
+    wait_for(api, user, containing(texts.FORGOTTEN))
+    assert not services.jobs(user)
+    assert not [
+        k
+        for k in services.redis.scan_iter(match=f"{services.prefix}:case:*")
+        if b"conv" in services.redis.type(k)
+    ]
+    # Consent went too: the next photo is not looked at before the person agrees again.
+    seen = len(api.messages(user))
+    api.send_photo(user, sample_photos[1].read_bytes())
+    wait_for(api, user, containing(texts.CONSENT_FIRST.split(":")[0]), after=seen)
     api.send_text(user, "/forget")
-    assert api.wait_for_messages(user, 4)[3]["text"] == texts.NOTHING_TO_FORGET
+    wait_for(api, user, containing(texts.NOTHING_TO_FORGET))
+    assert not services.jobs(user)
 
 
 def test_commands_for_another_bot_in_a_group_are_left_alone(services: Services) -> None:
@@ -353,6 +298,6 @@ def test_commands_for_another_bot_in_a_group_are_left_alone(services: Services) 
     api.send_text(user, "/start@someone_elses_bot", chat_id=group, chat_type="group")
     api.send_text(user, "/start@skingpt_test_bot", chat_id=group, chat_type="group")
     reply = api.wait_for_messages(group, 1)[0]
-    assert DISCLAIMER in reply["text"]
+    assert reply["text"] == texts.START
     time.sleep(1.0)
-    assert len(api.messages(group)) == 1
+    assert len(api.messages(group)) == 2  # the introduction and the consent question

@@ -47,3 +47,15 @@ def test_fit_prompt_shortens_a_huge_question_last(tiny_model: SkinGPT) -> None:
     prompt, _ = tiny_model.fit_prompt([], "why " * 2000, generation)
     assert tiny_model.prompt_length(prompt) <= 300
     assert prompt.startswith(SYSTEM) and "<ImageHere>" in prompt
+
+
+def test_plan_asks_the_four_clinical_questions_then_the_persons_own() -> None:
+    from skingpt.pipeline import ANALYSIS, FOLLOWUP, plan
+    from skingpt.prompts import CLINICAL_QUESTIONS, DEFAULT_QUESTION
+
+    assert plan(ANALYSIS, DEFAULT_QUESTION) == list(CLINICAL_QUESTIONS)
+    assert plan(ANALYSIS, "Is it serious?") == [
+        *CLINICAL_QUESTIONS,
+        ("question", "Is it serious?"),
+    ]
+    assert plan(FOLLOWUP, "Is it serious?") == [("answer", "Is it serious?")]

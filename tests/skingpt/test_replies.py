@@ -1,50 +1,81 @@
-"""Every reply ends with the disclaimer and says when it comes from the test model."""
+"""Replies render as escaped HTML and as the same text plain, split under Telegram's limit,
+with the disclaimer in every part."""
 
 from __future__ import annotations
 
-from skingpt.replies import DISCLAIMER, Outcome, format_reply
+import re
+
+from skingpt.i18n import gettext_for
+from skingpt.replies import (
+    DISCLAIMER,
+    Block,
+    Outcome,
+    Style,
+    format_plain,
+    outcome_blocks,
+    to_messages,
+    utf16_len,
+)
+
+_ = gettext_for("en")
 
 
-def test_format_reply_always_carries_the_disclaimer() -> None:
+def _visible(html_text: str) -> str:
+    """The text Telegram shows for our HTML: tags dropped, the three entities decoded."""
+    text = re.sub(r"</?[bi]>", "", html_text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def test_every_outcome_reply_carries_the_disclaimer() -> None:
     for outcome in Outcome:
-        assert format_reply(outcome, "Some answer").endswith(DISCLAIMER)
+        messages = to_messages(outcome_blocks(outcome, _), _)
+        assert len(messages) == 1
+        assert messages[0].plain.endswith(DISCLAIMER)
 
 
-def test_format_reply_marks_the_untrained_model() -> None:
-    reply = format_reply(Outcome.ANSWERED, "noise", model_name="tiny-random", untrained=True)
-    assert reply.startswith("⚠️ TEST MODEL")
-    assert "tiny-random" in reply
-    assert "TEST MODEL" not in format_reply(Outcome.ANSWERED, "Eczema.")
+def test_test_model_banner_leads_the_reply() -> None:
+    blocks = outcome_blocks(Outcome.EMPTY, _, model_name="tiny-random", untrained=True)
+    plain = format_plain(blocks, _)
+    assert plain.startswith("⚠️ TEST MODEL")
+    assert "tiny-random" in plain
 
 
-def test_format_reply_says_it_cannot_tell_when_the_answer_is_empty() -> None:
-    reply = format_reply(Outcome.ANSWERED, " \x07 ")
-    assert "cannot tell" in reply
-    assert "\x07" not in reply
+def test_model_text_is_escaped_in_html_and_shown_unchanged_in_plain() -> None:
+    hostile = 'Use <b>this</b> & "that" <a href="x">link</a> </i>'
+    blocks = [Block(hostile, heading="What I see <now>"), Block("Note", style=Style.NOTE)]
+    message = to_messages(blocks, _)[0]
+    assert "<a href" not in message.html and "&lt;b&gt;this&lt;/b&gt; &amp;" in message.html
+    assert message.html.startswith("<b>What I see &lt;now&gt;</b>\n")
+    assert _visible(message.html) == message.plain
+    assert hostile in message.plain
 
 
-def test_format_reply_keeps_the_answer_and_drops_control_characters() -> None:
-    reply = format_reply(Outcome.ANSWERED, "Looks like\x1b eczema.\nKeep it moist.")
-    assert "Looks like eczema.\nKeep it moist." in reply
-
-
-def test_split_reply_keeps_every_part_within_telegrams_limit() -> None:
-    from skingpt.replies import reply_body, split_reply, utf16_len
-
+def test_long_reply_splits_at_sentences_with_the_disclaimer_in_every_part() -> None:
     sentence = "The plaque is red and scaly 🙂 and about two centimetres wide. "
     answer = "\n\n".join(sentence * 12 for _ in range(12))  # about 9,000 characters
-    parts = split_reply(reply_body(Outcome.ANSWERED, answer))
-    assert len(parts) >= 3
-    for part in parts:
-        assert utf16_len(part) <= 4096
-        assert part.endswith(DISCLAIMER)
-        assert part.removesuffix(DISCLAIMER).rstrip().endswith(".")  # cut at a sentence end
-    text = " ".join(p.removesuffix(DISCLAIMER) for p in parts)
+    blocks = [Block(answer, heading="What I see"), Block("Short end.", heading="When")]
+    messages = to_messages(blocks, _)
+    assert len(messages) >= 3
+    for message in messages:
+        assert utf16_len(message.plain) <= 4096
+        assert message.plain.endswith(DISCLAIMER)
+        assert _visible(message.html) == message.plain
+        assert message.plain.removesuffix(DISCLAIMER).rstrip().endswith(".")
+    text = " ".join(m.plain.removesuffix(DISCLAIMER) for m in messages)
     assert text.count("two centimetres") == 144
+    assert messages[0].plain.startswith("What I see\n")
+    assert text.count("What I see") == 1
 
 
-def test_split_reply_leaves_a_short_reply_whole() -> None:
-    from skingpt.replies import reply_body, split_reply
+def test_arabic_reply_splits_on_arabic_punctuation() -> None:
+    sentence = "هذه بقعة حمراء متقشرة على الجلد؟ "
+    messages = to_messages([Block(sentence * 300)], gettext_for("ar"))
+    assert len(messages) >= 2
+    for message in messages:
+        assert utf16_len(message.plain) <= 4096
+        assert message.plain.split("\n\n")[0].rstrip().endswith("؟")
 
-    body = reply_body(Outcome.ANSWERED, "Eczema.")
-    assert split_reply(body) == [format_reply(Outcome.ANSWERED, "Eczema.")]
+
+def test_short_reply_stays_whole() -> None:
+    messages = to_messages([Block("Eczema.")], _)
+    assert [m.plain for m in messages] == ["Eczema.\n\n" + DISCLAIMER]

@@ -31,11 +31,15 @@ def setup(redis_url: str, key_prefix: str) -> tuple[Store, Callable[[str], str]]
     return store, lambda job_id: str(task(job_id))
 
 
-def _job(store: Store, photo: Path, question: str = "What is this?") -> tuple[str, str]:
+def _job(
+    store: Store, photo: Path, question: str = "What is this?", kind: str = "followup"
+) -> tuple[str, str]:
     image = normalise(load_image(photo.read_bytes(), max_pixels=10**8), max_side=1024)
     conv = store.pseudonym(1, 2)
     case = store.start_case(conv, encode_png(image))
-    job = store.new_job(conv=conv, case=case, chat_id=1, reply_to=None, question=question)
+    job = store.new_job(
+        conv=conv, case=case, chat_id=1, reply_to=None, question=question, kind=kind
+    )
     store.snapshot_history(job)
     return case, job
 
@@ -60,7 +64,7 @@ def test_answer_turn_reports_a_photo_deleted_by_retention(
 ) -> None:
     store, run = setup
     case, job = _job(store, sample_photos[0])
-    store.client.delete(store.key("case", case, "image"))
+    store.client.delete(store.key("case", case, "images"))
     assert run(job) == Outcome.PHOTO_EXPIRED.value
     loaded = store.load_job(job)
     assert loaded is not None and loaded.outcome is Outcome.PHOTO_EXPIRED
@@ -103,3 +107,24 @@ def test_answer_turn_replies_when_the_model_raises(
     _, healthy = _job(store, sample_photos[1])
     monkeypatch.undo()
     assert run(healthy) == Outcome.ANSWERED.value
+
+
+def test_a_first_analysis_asks_the_clinical_questions_in_context(
+    setup: tuple[Store, Callable[[str], str]],
+    sample_photos: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from skingpt import safety
+    from skingpt.prompts import CLINICAL_QUESTIONS
+
+    store, run = setup
+    # Judge every tiny-random answer usable, so that all the planned calls run.
+    monkeypatch.setattr(safety, "judge_answer", lambda text, language: None)
+    case, job = _job(store, sample_photos[2], question="Does it itch?", kind="analysis")
+    assert run(job) == Outcome.ANSWERED.value
+    loaded = store.load_job(job)
+    assert loaded is not None
+    assert list(loaded.answers) == [key for key, _ in CLINICAL_QUESTIONS] + ["question"]
+    asked = [turn.question for turn in store.turns(case)]
+    assert asked == [text for _, text in CLINICAL_QUESTIONS] + ["Does it itch?"]
+    assert (loaded.step, loaded.steps) == (5, 5)

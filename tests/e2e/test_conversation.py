@@ -1,0 +1,310 @@
+"""A whole triage conversation, as patients and health workers meet it, with realistic model text.
+
+The worker runs the scripted model (canned answers per sample photo, test-only), so what the
+reply makes of the model's words can be checked: its structure, red flags found in the person's
+words and in the model's, removed doses, albums, cases, languages and the referral summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from bot import texts
+from skingpt import report
+from skingpt.i18n import gettext_for
+from skingpt.replies import DISCLAIMER
+from skingpt.store import case_code
+from tests.e2e.support import DATA, TOKEN, Services, agree, containing, tap, wait_for
+
+pytestmark = pytest.mark.e2e
+
+REPLY_TIMEOUT = 90.0
+SCRIPT = DATA / "scripted" / "samples.toml"
+
+
+@pytest.fixture(scope="module")
+def services(start_services: Callable[..., Services]) -> Services:
+    return start_services(
+        ["--allow-scripted-model"],
+        model="scripted",
+        script=str(SCRIPT),
+        allow_scripted_model="true",
+        encryption_key=Fernet.generate_key().decode(),
+        max_new_tokens="1500",
+        max_context_tokens="4000",
+    )
+
+
+def _photo(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def _is_reply(message: dict[str, Any]) -> bool:
+    return DISCLAIMER in (message.get("text") or "")
+
+
+def _reply(services: Services, user: int, *, after: int = 0, language: str = "en") -> str:
+    disclaimer = gettext_for(language)(DISCLAIMER)
+    found = wait_for(
+        services.api, user, containing(disclaimer), after=after, timeout=REPLY_TIMEOUT
+    )
+    return str(found["text"])
+
+
+def test_onboarding_asks_for_consent_before_any_photo_and_remembers_it(
+    services: Services,
+) -> None:
+    api, user = services.api, 10_001
+    api.send_photo(user, _photo("psoriasis_01.jpg"))
+    wait_for(api, user, containing(texts.CONSENT_FIRST.split(":")[0]))
+    consent = wait_for(api, user, lambda m: bool(m.get("reply_markup")))
+    assert "24 hours" in consent["text"]
+    assert not services.jobs(user), "nothing may be stored or analysed before consent"
+
+    api.send_text(user, "/start")
+    wait_for(api, user, containing("I am not a doctor"))
+    tap(api, user, consent, "consent")
+    wait_for(api, user, containing(texts.THANKS_FOR_CONSENT))
+    seen = len(api.messages(user))
+    api.send_text(user, "/start")
+    wait_for(api, user, containing(texts.ALREADY_AGREED), after=seen)
+
+    api.send_text(user, "/help")
+    assert "/referral" in wait_for(api, user, containing("/new"), after=seen)["text"]
+    api.send_text(user, "/about")
+    about = wait_for(api, user, containing("Fitzpatrick"), after=seen)["text"]
+    assert "scripted" in about and "24 hours" in about and texts.ENCRYPTED in about
+    api.send_text(user, "/new")
+    wait_for(api, user, containing(texts.NO_OPEN_CASE), after=seen)
+
+    api.send_photo(user, _photo("psoriasis_01.jpg"))
+    assert "plaque psoriasis" in _reply(services, user)
+
+
+def test_first_analysis_follows_the_clinical_questions_and_follow_ups_keep_context(
+    services: Services,
+) -> None:
+    api, user = services.api, 10_002
+    agree(api, user)
+    photo = api.send_photo(user, _photo("psoriasis_01.jpg"))
+    text = _reply(services, user)
+    headings = [report.SEES, report.CONDITIONS, report.DO_NOW, report.SEE_CLINICIAN]
+    positions = [text.index(heading) for heading in headings]
+    assert positions == sorted(positions)
+    assert "sharply demarcated plaque" in text  # the model's description
+    assert text.index("most likely condition is plaque psoriasis") > positions[1]
+    assert report.WHEN_ROUTINE in text
+    assert text.endswith(DISCLAIMER)
+    (job,) = services.jobs(user)
+    assert list(json.loads(job["answers"])) == ["describe", "features", "cause", "treatment"]
+
+    sent = [p for m, p in api.calls("sendMessage") if DISCLAIMER in str(p.get("text"))]
+    mine = [p for p in sent if int(p["chat_id"]) == user]
+    assert mine[-1]["parse_mode"] == "HTML" and "<b>What I see</b>" in mine[-1]["text"]
+    reply = wait_for(api, user, _is_reply)
+    assert reply["reply_to_message"]["message_id"] == photo["message_id"]
+    assert any(e["type"] == "bold" for e in reply.get("entities", []))
+
+    seen = len(api.messages(user))
+    api.send_text(user, "Is it contagious?")
+    follow_up = _reply(services, user, after=seen)
+    assert "not contagious" in follow_up.lower()
+    assert report.SEES not in follow_up
+    second = services.jobs(user)[1]
+    assert len(json.loads(second["history"])) == 4
+
+
+def test_a_caption_question_gets_its_own_answer_and_doses_are_never_shown(
+    services: Services,
+) -> None:
+    api, user = services.api, 10_003
+    agree(api, user)
+    api.send_photo(user, _photo("eczema_02.jpg"), caption="My baby has this. Which cream helps?")
+    text = _reply(services, user)
+    (job,) = services.jobs(user)
+    answers = json.loads(job["answers"])
+    assert list(answers) == ["describe", "features", "cause", "treatment", "question"]
+    assert report.YOUR_QUESTION in text
+    assert "twice a day" in answers["treatment"]  # the model did give a dose ...
+    assert "twice a day" not in text  # ... and the reply left it out
+    assert report.DOSES_REMOVED in text
+    assert report.ASK_BEFORE_MEDICINE in text
+
+
+def test_red_flags_lead_the_reply_from_the_persons_words_and_the_models(
+    services: Services,
+) -> None:
+    api = services.api
+    fever, calm, mole = 10_004, 10_005, 10_006
+    for user in (fever, calm, mole):
+        agree(api, user)
+    api.send_photo(
+        fever, _photo("psoriasis_01.jpg"), caption="I have a fever and the rash is spreading fast"
+    )
+    api.send_photo(calm, _photo("psoriasis_01.jpg"), caption="No fever. It is not spreading.")
+    api.send_photo(mole, _photo("melanoma_02.jpg"))
+
+    urgent = _reply(services, fever)
+    headings = list(report.URGENT_HEADING.values())
+    lead = min(urgent.index(h) for h in headings if h in urgent)
+    assert lead < urgent.index(report.SEES)
+    assert report.WHEN_ROUTINE not in urgent
+
+    relaxed = _reply(services, calm)
+    assert not any(heading in relaxed for heading in headings)
+
+    changing = _reply(services, mole)
+    assert report.URGENT_HEADING[report.Urgency.SOON] in changing
+    assert changing.index(report.URGENT_HEADING[report.Urgency.SOON]) < changing.index(report.SEES)
+
+
+def test_an_album_is_one_case_and_a_new_photo_asks_which_case(services: Services) -> None:
+    api, user = services.api, 10_007
+    agree(api, user)
+    for name in ("tinea_corporis_01.jpg", "nevus_01.jpg", "eczema_02.jpg"):
+        api.send_photo(user, _photo(name), media_group_id="album-1", caption=None)
+    wait_for(api, user, containing("3 photos"))
+    _reply(services, user)
+    time.sleep(2.0)
+    assert len(services.jobs(user)) == 1
+    assert sum(1 for m in api.messages(user) if _is_reply(m)) == 1
+
+    seen = len(api.messages(user))
+    api.send_photo(user, _photo("tinea_corporis_01.jpg"))
+    question = wait_for(api, user, containing(texts.SAME_PROBLEM), after=seen)
+    tap(api, user, question, question["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
+    wait_for(api, user, containing(texts.ADDED_TO_CASE), after=seen)
+    _reply(services, user, after=seen)
+    first, second = services.jobs(user)
+    assert first["case"] == second["case"]
+    assert len(json.loads(second["history"])) >= 4  # the new photo is read with the case so far
+
+    seen = len(api.messages(user))
+    api.send_photo(user, _photo("acanthosis_nigricans_01.jpg"))
+    question = wait_for(api, user, containing(texts.SAME_PROBLEM), after=seen)
+    tap(api, user, question, question["reply_markup"]["inline_keyboard"][0][1]["callback_data"])
+    _reply(services, user, after=seen)
+    third = services.jobs(user)[2]
+    assert third["case"] != first["case"] and json.loads(third["history"]) == []
+
+    seen = len(api.messages(user))
+    api.send_text(user, "/new")
+    wait_for(api, user, containing(texts.NEW_CASE), after=seen)
+    api.send_photo(user, _photo("nevus_01.jpg"))
+    _reply(services, user, after=seen)
+    assert not [
+        m for m in api.messages(user)[seen:] if texts.SAME_PROBLEM in (m.get("text") or "")
+    ]
+    assert len({job["case"] for job in services.jobs(user)}) == 3
+
+
+def test_health_worker_mode_numbers_cases_and_writes_a_referral(services: Services) -> None:
+    api, user = services.api, 10_008
+    agree(api, user)
+    api.send_text(user, "/mode")
+    choice = wait_for(api, user, containing(texts.CHOOSE_MODE.split("?")[0]))
+    tap(api, user, choice, "mode:health_worker")
+    wait_for(api, user, containing("Health worker mode is on"))
+    api.send_photo(
+        user, _photo("melanoma_01.jpg"), caption="Mole on the back, there for 3 weeks, bleeds"
+    )
+    text = _reply(services, user)
+    (job,) = services.jobs(user)
+    code = case_code(job["case"])
+    assert f"Case {code}" in text
+
+    seen = len(api.messages(user))
+    api.send_text(user, "/referral")
+    summary = wait_for(api, user, containing("Referral summary"), after=seen)["text"]
+    assert code in summary
+    assert "for 3 weeks" in summary
+    assert "Mole on the back" in summary
+    assert "SOON" in summary or "URGENT" in summary
+    assert "Findings (automated description, not a diagnosis)" in summary
+
+
+def test_arabic_and_spanish_speakers_are_answered_in_their_language(services: Services) -> None:
+    api, arabic, spanish = services.api, 10_009, 10_010
+    ar = gettext_for("ar")
+    agree(api, arabic, language="ar")
+    assert ar(texts.START) != texts.START
+    assert api.messages(arabic)[0]["text"] == ar(texts.START)
+    api.send_photo(arabic, _photo("psoriasis_01.jpg"), language_code="ar")
+    text = _reply(services, arabic, language="ar")
+    assert ar(report.SEES) in text and ar(report.SEE_CLINICIAN) in text
+    assert "لويحة" in text  # the model was asked for, and gave, an Arabic answer
+    assert text.endswith(ar(DISCLAIMER))
+
+    es = gettext_for("es")
+    agree(api, spanish)
+    api.send_text(spanish, "/language")
+    menu = wait_for(api, spanish, containing(texts.CHOOSE_LANGUAGE))
+    tap(api, spanish, menu, "lang:es")
+    wait_for(api, spanish, containing(es(texts.LANGUAGE_SET)))
+    api.send_photo(
+        spanish, _photo("tinea_corporis_01.jpg"), caption="tengo fiebre y la erupción se extiende"
+    )
+    text = _reply(services, spanish, language="es")
+    assert es(report.SEES) in text
+    urgent = [es(h) for h in report.URGENT_HEADING.values()]
+    assert any(h in text for h in urgent)
+
+
+def test_photos_are_encrypted_and_logs_hold_nothing_personal(services: Services) -> None:
+    api, user = services.api, 10_011
+    agree(api, user)
+    api.send_photo(user, _photo("nevus_01.jpg"), caption="Private words about my nevus")
+    _reply(services, user)
+    images = list(services.redis.scan_iter(match=f"{services.prefix}:case:*:images"))
+    assert images
+    for key in images:
+        for stored in services.redis.lrange(key, 0, -1):
+            assert not stored.startswith(b"\x89PNG")
+    logs = services.log_text()
+    for private in ("Private words", str(user), TOKEN, "nevus"):
+        assert private not in logs
+
+
+def test_queue_place_and_estimate_are_shown_and_edited_rarely(services: Services) -> None:
+    api = services.api
+    users = list(range(10_020, 10_025))
+    for user in users:
+        agree(api, user)
+    started = time.monotonic()
+    for user in users:
+        api.send_photo(user, _photo("acanthosis_nigricans_01.jpg"))
+    statuses = {user: wait_for(api, user, containing("in line")) for user in users}
+    places = [int(s["text"].split("number ")[1].split(" ")[0]) for s in statuses.values()]
+    assert max(places) >= 3, places
+    assert any("Estimated wait: about" in s["text"] for s in statuses.values())
+    for user in users:
+        _reply(services, user)
+    elapsed = time.monotonic() - started
+    time.sleep(1.0)
+    deleted = {int(p["message_id"]) for _, p in api.calls("deleteMessage")}
+    edits: dict[int, int] = {}
+    for _, params in api.calls("editMessageText"):
+        edits[int(params["message_id"])] = edits.get(int(params["message_id"]), 0) + 1
+    for status in statuses.values():
+        assert status["message_id"] in deleted  # gone once the answer is out
+        # Edited only when the text changed, and at most once per interval (3 s here).
+        assert edits.get(status["message_id"], 0) <= elapsed / 3 + 1
+
+
+def test_a_reply_telegram_refuses_as_html_is_resent_as_plain_text(services: Services) -> None:
+    api, user = services.api, 10_030
+    agree(api, user)
+    api.send_photo(user, _photo("psoriasis_01.jpg"), caption="What is <this> & that?")
+    wait_for(api, user, containing("in line"))
+    api.fail_next("sendMessage", 400, "Bad Request: can't parse entities: unsupported tag")
+    text = _reply(services, user)
+    calls = [p for m, p in api.calls("sendMessage") if int(p.get("chat_id", 0)) == user]
+    replies = [p for p in calls if DISCLAIMER in str(p.get("text"))]
+    assert replies[-1].get("parse_mode") is None  # the plain resend
+    assert "<b>" not in replies[-1]["text"] and text.startswith("⚠️ TEST MODEL")
