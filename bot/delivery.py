@@ -90,7 +90,10 @@ class ReplySender:
         if self.service.typing is not None:
             self.service.typing.done(job.chat_id, job_id)
         if self.service.status is not None:
-            await self.service.status.finish(job_id, job.chat_id, job.status_message)
+            # Read again: the status message may have been posted while the reply was sent.
+            latest = await asyncio.to_thread(self.store.load_job, job_id)
+            status_message = latest.status_message if latest else job.status_message
+            await self.service.status.finish(job_id, job.chat_id, status_message)
         await asyncio.to_thread(self.store.ack_outbox, entry_id)
         next_job = await asyncio.to_thread(self.store.release_turn, job.conv, job_id)
         if next_job is not None:

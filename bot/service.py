@@ -160,6 +160,10 @@ class StatusMessages:
             logger.warning("Could not post a status message: %s", type(error).__name__)
             return
         await asyncio.to_thread(self._store.set_status_message, job_id, message.message_id)
+        if await asyncio.to_thread(self.describe, job_id, language) is None:
+            # The answer went out while this message was on its way: it has nothing to show.
+            await self.finish(job_id, asker.chat_id, message.message_id)
+            return
         self._tasks[job_id] = asyncio.create_task(self._follow(message, job_id, language, text))
 
     def describe(self, job_id: str, language: str) -> str | None:

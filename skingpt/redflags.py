@@ -11,8 +11,9 @@ A term is negated when a negation cue comes before it in the same clause, with a
 ``negation_window`` words between them ("no fever", "sin fiebre", "n'a pas de fièvre",
 "لا توجد حمى"). Clauses end at punctuation and at contrast words ("but", "pero", "mais", "لكن"), so
 "no fever yesterday, but today a fever" still counts the second fever; a negation also stops at
-"and", so "no fever and the redness spreads" keeps the redness. In a model's answer, terms inside a
-conditional clause ("see a doctor if a fever develops") are advice, not findings, and do not count.
+"and", so "no fever and the redness spreads" keeps the redness. In a model's answer, terms after a
+condition in the same sentence ("see a doctor if a fever develops") are advice, not findings, and
+do not count.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ _LETTER_VARIANTS = str.maketrans(
 _WORD = re.compile(r"\w+")
 # A clause ends at these, as well as at each language's contrast words.
 _CLAUSE_PUNCTUATION = re.compile(r"[.,;:!?…\n\u060c\u061b\u061f\u2013\u2014]")
+# A condition reaches further, to the end of its sentence: "if it grows, bleeds or itches".
+_SENTENCE_PUNCTUATION = re.compile(r"[.;!?…\n\u061b\u061f]")
 _PLACEHOLDER = re.compile(r"@(\w+)")
 
 
@@ -124,6 +127,7 @@ class Scan:
 
     text: str
     clause_starts: tuple[int, ...]
+    sentence_starts: tuple[int, ...]
     scope_stops: tuple[int, ...]
     negations: tuple[tuple[int, int], ...]
     conditions: tuple[int, ...]
@@ -147,7 +151,8 @@ class Scan:
                 return False
         if conditional_counts:
             return True
-        return not any(clause_start < cue < start for cue in self.conditions)
+        sentence_start = _last_at_or_before(self.sentence_starts, start)
+        return not any(sentence_start < cue < start for cue in self.conditions)
 
 
 def _last_at_or_before(positions: Sequence[int], start: int) -> int:
@@ -193,11 +198,14 @@ class Vocabulary:
         this language's cues and those of the languages in `also`."""
         normal = normalise(text)
         clause_starts = {match.start() for match in _CLAUSE_PUNCTUATION.finditer(normal)}
+        sentence_starts = {match.start() for match in _SENTENCE_PUNCTUATION.finditer(normal)}
         stops: set[int] = set()
         negations: set[tuple[int, int]] = set()
         conditions: set[int] = set()
         for vocab in (self, *also):
-            clause_starts |= {match.start() for match in vocab.clause_breaks.finditer(normal)}
+            contrasts = {match.start() for match in vocab.clause_breaks.finditer(normal)}
+            clause_starts |= contrasts
+            sentence_starts |= contrasts
             stops |= {match.start() for match in vocab.scope_stops.finditer(normal)}
             not_cues = [match.span() for match in vocab.not_negation.finditer(normal)]
             negations |= {
@@ -209,6 +217,7 @@ class Vocabulary:
         return Scan(
             text=normal,
             clause_starts=tuple(sorted(clause_starts)),
+            sentence_starts=tuple(sorted(sentence_starts)),
             scope_stops=tuple(sorted(stops)),
             negations=tuple(sorted(negations)),
             conditions=tuple(sorted(conditions)),
@@ -345,8 +354,9 @@ def red_flags_in_case(
     (their language's rules AND always the English rules, since the model may answer in English).
     Deduplicated by rule id, most urgent first, advice always in `language`.
 
-    In the model's output a term inside a conditional clause ("if a fever develops") is general
-    advice rather than something seen, and does not count; in the person's words it does.
+    In the model's output a term after a condition in the same sentence ("if a fever develops")
+    is general advice rather than something seen, and does not count; in the person's words it
+    does.
     """
     vocab = vocabulary(language)
     matched: set[str] = set()

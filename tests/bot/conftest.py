@@ -1,18 +1,15 @@
-"""Fixtures for the web chat: a stand-in, a small real bot that replies, and headless Chromium.
+"""Fixtures for the web chat: a stand-in and a small real bot that replies.
 
-The Chromium fixture and the `ChatPage` driver are meant for any browser test of the web chat;
-move them up to ``tests/conftest.py`` when tests outside ``tests/bot`` need them.
+Headless Chromium and the `ChatPage` driver are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,12 +27,6 @@ from telegram.ext import (
 
 from bot.standin import BotAPIStandIn
 from bot.webchat import WebChat
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO_ROOT / "artifacts"
-
 
 # --- a small bot that answers everything -----------------------------------------------------
 
@@ -206,164 +197,3 @@ def webchat(chat_api: BotAPIStandIn) -> Iterator[WebChat]:
     """The web chat on a free loopback port, in front of `chat_api`."""
     with WebChat(chat_api, port=0) as chat:
         yield chat
-
-
-# --- headless Chromium -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Debian's headless Chromium through its chromedriver; Selenium never downloads anything."""
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        pytest.skip(
-            f"{' and '.join(missing)} not installed; "
-            "run: apt-get install -y chromium chromium-driver"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--window-size=430,900",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--disable-default-apps",
-        "--metrics-recording-only",
-        "--no-pings",
-        # Only loopback can be reached: every other host name fails to resolve.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(argument)
-    if os.geteuid() == 0:
-        # Chromium's sandbox refuses to run as root; only then is it turned off.
-        options.add_argument("--no-sandbox")
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-class ChatPage:
-    """Drives the web chat page in Chromium the way a person in the clinic would."""
-
-    def __init__(self, driver: Any) -> None:
-        self.driver = driver
-
-    def open(self, url: str, *, language: str = "en-US") -> None:
-        """Opens the page as a new visitor whose browser prefers `language`."""
-        self.driver.execute_cdp_cmd(
-            "Network.setUserAgentOverride",
-            {
-                "userAgent": self.driver.execute_script("return navigator.userAgent"),
-                "acceptLanguage": language,
-            },
-        )
-        self.driver.get("about:blank")
-        self.driver.delete_all_cookies()
-        self.driver.get(url)
-        self.wait(lambda _: self.driver.execute_script("return document.readyState") == "complete")
-
-    def wait(self, condition: Any, timeout: float = 10) -> Any:
-        """Waits until `condition(driver)` holds, looking again at messages re-drawn meanwhile."""
-        from selenium.common.exceptions import StaleElementReferenceException
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        waiting = WebDriverWait(
-            self.driver,
-            timeout,
-            poll_frequency=0.1,
-            ignored_exceptions=(StaleElementReferenceException,),
-        )
-        return waiting.until(condition)
-
-    def element(self, css: str) -> Any:
-        from selenium.webdriver.common.by import By
-
-        return self.driver.find_element(By.CSS_SELECTOR, css)
-
-    def choose_photo(self, path: Path) -> None:
-        self.element("#photo").send_keys(str(path.resolve()))
-
-    def write(self, text: str) -> None:
-        box = self.element("#question")
-        box.clear()
-        box.send_keys(text)
-
-    def send(self) -> None:
-        self.element("#send").click()
-
-    def messages(self, sender: str = "") -> list[Any]:
-        from selenium.webdriver.common.by import By
-
-        selector = f"#conversation > li.message{'.' + sender if sender else ''}"
-        return list(self.driver.find_elements(By.CSS_SELECTOR, selector))
-
-    def texts(self) -> list[str]:
-        """The text of every message on the page, in order (without quotes or buttons)."""
-        return [
-            str(
-                self.driver.execute_script(
-                    "const t = arguments[0].querySelector(':scope > .text');"
-                    "return t ? t.textContent : '';",
-                    message,
-                )
-            )
-            for message in self.messages()
-        ]
-
-    def wait_for_message(self, text: str, sender: str = "bot", timeout: float = 10) -> Any:
-        """The first message from `sender` containing `text`, once it is on the page."""
-
-        def found(_: Any) -> Any:
-            for message in self.messages(sender):
-                if text in message.text:
-                    return message
-            return False
-
-        return self.wait(found, timeout)
-
-    def press(self, message_text: str, label: str) -> None:
-        """Presses the inline button `label` under the bot message containing `message_text`."""
-        from selenium.webdriver.common.by import By
-
-        def click(_: Any) -> bool:
-            message = self.wait_for_message(message_text)
-            for button in message.find_elements(By.CSS_SELECTOR, ".keyboard button"):
-                if button.text == label:
-                    button.click()
-                    return True
-            raise AssertionError(f"no button {label!r} under the message")
-
-        self.wait(click)
-
-    def style(self, element: Any, name: str) -> str:
-        return str(
-            self.driver.execute_script(
-                "return getComputedStyle(arguments[0]).getPropertyValue(arguments[1])",
-                element,
-                name,
-            )
-        )
-
-    def screenshot(self, name: str) -> Path:
-        ARTIFACTS.mkdir(exist_ok=True)
-        path = ARTIFACTS / name
-        assert self.driver.save_screenshot(str(path)), f"could not save {path}"
-        return path
-
-
-@pytest.fixture
-def chat_page(chromium: Any) -> ChatPage:
-    """A `ChatPage` on the shared Chromium; `open` starts each test as a new visitor."""
-    return ChatPage(chromium)

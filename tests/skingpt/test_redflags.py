@@ -538,6 +538,11 @@ ORDINARY_ANSWERS = {
     "baby-eczema-advice": "It looks like eczema. In babies, eczema often appears on the cheeks. "
     "If your baby develops a fever, see a doctor.",
     "cold-sore": "This looks like a cold sore on the lip, caused by the herpes simplex virus.",
+    "mole-description": "A brown pigmented lesion, a little darker in the centre, with a regular "
+    "edge. Show it to a doctor if it starts to look different, bleeds or itches.",
+    "spanish-son": "Las placas son gruesas y no se ven ampollas, pus ni costras.",
+    "arabic-annular": "الأرجح أنها سعفة جلدية، ومن الاحتمالات الأخرى الورم الحبيبي الحلقي في "
+    "الجلد.",
 }
 
 

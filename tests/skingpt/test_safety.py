@@ -84,7 +84,7 @@ def test_remove_dosing_drops_dose_sentences_and_keeps_the_rest(language: str) ->
         "This looks like eczema. A fragrance-free moisturiser and an antihistamine tablet can "
         "help with the itch.",
         "About 10% of people get eczema at some point. It has been there for 7 days.",
-        "Parece eccema. Una pomada con corticoide puede ayudar; consulte a su médico.",
+        "Parece eccema. Hidrate la piel cada día con una crema sin perfume.",
         "Cela ressemble à un eczéma. Un dermocorticoïde peut aider, demandez à votre médecin.",
         _arabic_digits("يبدو أنه إكزيما. قد يساعد مرطب خالٍ من العطور. عمر الطفح 3 أيام."),
     ],
@@ -183,6 +183,21 @@ GOOD_ANSWERS = {
         "ar",
         "تظهر الصورة بقعة حمراء متقشرة على الجلد، وقد تكون إكزيما. يُنصح بمراجعة طبيب الجلدية.",
     ),
+    "en-follow-up-contagious": (
+        "en",
+        "It is not contagious, so there is no need to stay away from other people.",
+    ),
+    "en-follow-up-dermoscopy": (
+        "en",
+        "The pattern is symmetrical and the colour is even, with no streaks at the border.",
+    ),
+    "en-follow-up-cause": (
+        "en",
+        "This is often linked to insulin resistance; a blood sugar test at a clinic is worth it.",
+    ),
+    "es-follow-up": ("es", "No es contagioso; puede seguir yendo al trabajo."),
+    "fr-follow-up": ("fr", "Ce n'est pas contagieux, mais un médecin peut le confirmer."),
+    "ar-follow-up": ("ar", "هذا ليس معديًا، ولكن يمكن للطبيب تأكيد ذلك."),
     "en-image-unclear": (
         "en",
         "I cannot see the image clearly, but the rash looks like eczema.",
