@@ -341,7 +341,7 @@ class TriageService:
 
     async def add_to_case(self, asker: Asker, session: Session, token: str, same: bool) -> bool:
         """Put held photos in the open case (``same``) or in a new one; False if they are gone."""
-        held = await asyncio.to_thread(self.store.take_photos, token)
+        held = await asyncio.to_thread(self.store.take_photos, token, session.conv)
         if held is None:
             return False
         pngs, caption = held

@@ -368,6 +368,10 @@ def run_offline(settings: Settings, args: argparse.Namespace) -> int:
     )
     holder = ModelHolder(settings)
     holder.start_loading()
+    # Serve only once the model answers: a clinic must learn at start-up, not from its first
+    # patient, that the weights cannot load.
+    logger.info("Loading the model %s", settings.weights or settings.model)
+    holder.get(timeout=None)
     runner = JobRunner(store, holder, max_deliveries=settings.max_deliveries, model_wait=3600.0)
     jobs = LocalQueue(runner)
     api: BotAPIStandIn | None = None

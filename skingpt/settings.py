@@ -120,6 +120,8 @@ class Settings:
             raise ConfigError("SKINGPT_MAX_DELIVERIES must be at least 1.")
         if self.encryption_key:
             _check_fernet_key(self.encryption_key)
+        if not 0 < self.album_wait_seconds <= 30:
+            raise ConfigError("SKINGPT_ALBUM_WAIT_SECONDS must be more than 0 and at most 30.")
         if self.status_interval_seconds < 3:
             raise ConfigError(
                 "SKINGPT_STATUS_INTERVAL_SECONDS must be at least 3: Telegram limits how often "

@@ -98,6 +98,14 @@ for i = 2, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
 return deleted + redis.call('DEL', KEYS[1])
 """
 
+# Hands over the photos held for one pair, once, and only to that pair.
+_TAKE_PHOTOS = """
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return false end
+local held = redis.call('LRANGE', KEYS[1], 1, -1)
+redis.call('DEL', KEYS[1])
+return held
+"""
+
 # Takes the pair's turn if nobody holds it, else joins the line behind it.
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
@@ -213,6 +221,7 @@ class Store:
         self._mark_running = client.register_script(_MARK_RUNNING)
         self._forget = client.register_script(_FORGET)
         self._update_job = client.register_script(_UPDATE_JOB)
+        self._take_photos = client.register_script(_TAKE_PHOTOS)
 
     @classmethod
     def from_url(
@@ -399,19 +408,17 @@ class Store:
         token = uuid.uuid4().hex[:16]
         name = self.key("photo", token)
         with self.client.pipeline() as pipe:
-            pipe.rpush(name, caption.encode(), *(self._seal(image) for image in images))
+            sealed = [self._seal(image) for image in images]
+            pipe.rpush(name, conv.encode(), caption.encode(), *sealed)
             pipe.expire(name, self.retention)
             self._track(pipe, conv, name)
             pipe.execute()
         return token
 
-    def take_photos(self, token: str) -> tuple[list[bytes], str] | None:
-        """The held photos and their caption, once: a second tap finds nothing."""
-        name = self.key("photo", token)
-        with self.client.pipeline() as pipe:
-            pipe.lrange(name, 0, -1)
-            pipe.delete(name)
-            raw: Any = pipe.execute()[0]
+    def take_photos(self, token: str, conv: str) -> tuple[list[bytes], str] | None:
+        """The photos and caption held for ``conv``, once: a second tap, or another person's
+        tap on the same button, finds nothing."""
+        raw: Any = self._take_photos(keys=[self.key("photo", token)], args=[conv])
         if not raw:
             return None
         images = [self._open(bytes(item)) for item in raw[1:]]

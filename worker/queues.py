@@ -62,7 +62,8 @@ class LocalQueue:
         self._jobs.put(job_id)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the job in hand, then stop (queued jobs stay answered as failed by no one)."""
+        """Finish the jobs already queued, then stop the threads (waiting at most ``timeout``
+        seconds for each)."""
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:

@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
-from skingpt.errors import ModelUnavailable
+from skingpt.errors import ConfigError, ModelUnavailable
 from skingpt.imaging import decode_stored
 from skingpt.replies import Outcome
 from skingpt.settings import Settings
@@ -50,8 +50,9 @@ class ModelHolder:
         self._stop_worker_on_failure = stop_worker_on_failure
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
-    def get(self, timeout: float) -> Analyzer | None:
-        """The loaded model, or None while it is still loading after ``timeout`` seconds.
+    def get(self, timeout: float | None) -> Analyzer | None:
+        """The loaded model, or None while it is still loading after ``timeout`` seconds
+        (None: wait as long as loading takes).
 
         Raises:
             ModelUnavailable: loading failed.
@@ -69,7 +70,9 @@ class ModelHolder:
 
             self._analyzer = Analyzer(load_model(self.settings), self.settings.generation)
         except Exception as error:
-            logger.critical("Loading the model failed: %s", error, exc_info=True)
+            # A setting or file to fix needs no traceback; anything else does.
+            expected = isinstance(error, ConfigError | ModelUnavailable)
+            logger.critical("Loading the model failed: %s", error, exc_info=not expected)
             self._error = error
             if self._stop_worker_on_failure:
                 logger.critical("Stopping this worker: it cannot answer jobs without a model")

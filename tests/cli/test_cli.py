@@ -132,3 +132,33 @@ def test_worker_refuses_an_unverifiable_model_folder_before_taking_jobs(
     assert result.returncode == 2
     assert "has no skingpt_weights.json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_stops_at_start_up_when_the_model_cannot_load(tmp_path: Path) -> None:
+    env = {
+        "SKINGPT_MODEL": "scripted",
+        "SKINGPT_SCRIPT": str(tmp_path / "missing.toml"),
+        "SKINGPT_ALLOW_SCRIPTED_MODEL": "true",
+        "SKINGPT_TELEGRAM_TOKEN": "",
+    }
+    result = _skingpt("run", "--port", "0", env=env)
+    assert result.returncode == 2
+    assert "missing.toml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_scripted_model_needs_its_explicit_flag(sample_photos: list[Path]) -> None:
+    env = {"SKINGPT_MODEL": "scripted", "SKINGPT_SCRIPT": "tests/data/scripted/samples.toml"}
+    result = _skingpt("ask", str(sample_photos[0]), env=env)
+    assert result.returncode == 2
+    assert "SKINGPT_ALLOW_SCRIPTED_MODEL=true" in result.stderr
+
+
+def test_key_prints_a_key_the_settings_accept() -> None:
+    from skingpt.settings import Settings
+
+    result = _skingpt("key")
+    assert result.returncode == 0
+    key = result.stdout.strip()
+    assert Settings(encryption_key=key).encryption_key == key
+    broken = _skingpt("ask", "x.jpg", env={"SKINGPT_ENCRYPTION_KEY": "not-a-key"})
+    assert broken.returncode == 2 and "skingpt key" in broken.stderr
