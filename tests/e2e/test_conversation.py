@@ -308,3 +308,26 @@ def test_a_reply_telegram_refuses_as_html_is_resent_as_plain_text(services: Serv
     replies = [p for p in calls if DISCLAIMER in str(p.get("text"))]
     assert replies[-1].get("parse_mode") is None  # the plain resend
     assert "<b>" not in replies[-1]["text"] and text.startswith("⚠️ TEST MODEL")
+
+
+def test_a_long_answer_is_split_with_the_disclaimer_in_every_part(services: Services) -> None:
+    from skingpt.replies import utf16_len
+
+    api, user = services.api, 10_040
+    agree(api, user)
+    api.send_photo(user, _photo("psoriasis_01.jpg"))
+    _reply(services, user)
+    seen = len(api.messages(user))
+    api.send_text(user, "Tell me everything about it")
+    first = wait_for(api, user, _is_reply, after=seen, timeout=REPLY_TIMEOUT)
+    deadline = time.monotonic() + 30
+    while len([m for m in api.messages(user)[seen:] if _is_reply(m)]) < 2:
+        assert time.monotonic() < deadline, api.messages(user)[seen:]
+        time.sleep(0.1)
+    parts = [m["text"] for m in api.messages(user)[seen:] if _is_reply(m)]
+    assert parts[0] == first["text"]
+    for part in parts:
+        assert utf16_len(part) <= 4096 and part.endswith(DISCLAIMER)
+        assert part.removesuffix(DISCLAIMER).rstrip().endswith(".")  # cut between sentences
+    whole = " ".join(part.removesuffix(DISCLAIMER) for part in parts)
+    assert "immune system sends signals" in whole and "inflamed" in whole
