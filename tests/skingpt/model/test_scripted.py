@@ -190,7 +190,7 @@ def test_scripted_followups_match_english_keywords(
 ) -> None:
     image = _photo("psoriasis_01.jpg")
     followups = _case(script, "psoriasis_01")["followups"]
-    contagious, how_long, pregnancy = (entry["answer"].strip() for entry in followups)
+    contagious, how_long, pregnancy = (entry["answer"].strip() for entry in followups[:3])
     assert _ask(samples, image, "Is this contagious?") == contagious
     assert _ask(samples, image, "Can my kids CATCH it from me?") == contagious
     assert _ask(samples, image, "How long will it take to go away?") == how_long
