@@ -84,12 +84,15 @@ def _converse(page: Any, url: str, language: str, photo: str, follow_up: str) ->
     page.wait_for_message(_(texts.THANKS_FOR_CONSENT))
     page.choose_photo(DATA / photo)
     page.send()
-    page.wait_for_message(_(report.SEES), timeout=60)
+    page.wait(
+        lambda _d: any(_(report.SEES) in t and _(DISCLAIMER) in t for t in page.texts()),
+        timeout=60,
+    )
     page.write(follow_up)
     page.send()
     page.wait_for_message(follow_up, sender="user")
     page.wait(lambda _d: sum(_(DISCLAIMER) in t for t in page.texts()) >= 2, timeout=60)
-    return list(page.texts())
+    return [text or f"[photo: {photo}]" for text in page.texts()]
 
 
 def test_clinic_mode_web_chat_answers_a_photo_in_english(clinic: str, chat_page: Any) -> None:
