@@ -81,7 +81,9 @@ class ReplySender:
             try:
                 await self._send_parts(bot, job)
             except Forbidden:
-                logger.info("Job %s: the user blocked the bot; reply dropped", job_id)
+                # Blocked: nothing can reach the person again, so nothing of theirs is kept.
+                deleted = await asyncio.to_thread(self.store.forget, job.conv)
+                logger.info("Job %s: the user blocked the bot; %d keys deleted", job_id, deleted)
             except BadRequest as error:
                 logger.warning("Job %s: Telegram refused the reply: %s", job_id, error.message)
                 await self._send_apology(bot, job)

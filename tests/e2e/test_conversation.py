@@ -337,3 +337,25 @@ def test_a_long_answer_is_split_with_the_disclaimer_in_every_part(services: Serv
         assert part.removesuffix(DISCLAIMER).rstrip().endswith(".")  # cut between sentences
     whole = " ".join(part.removesuffix(DISCLAIMER) for part in parts)
     assert "immune system sends signals" in whole and "inflamed" in whole
+
+
+def test_a_person_who_blocked_the_bot_has_their_data_deleted(services: Services) -> None:
+    api, user = services.api, 10_050
+    deadline = time.monotonic() + REPLY_TIMEOUT
+    while any(j["status"] != "new" and j.get("delivered") != "1" for j in services.jobs()):
+        assert time.monotonic() < deadline, "earlier jobs are still unanswered"
+        time.sleep(0.1)
+    agree(api, user)
+    api.send_photo(user, _photo("nevus_01.jpg"))
+    wait_for(api, user, containing(texts.QUEUED.split("{")[0]))
+    api.fail_next("sendMessage", 403, "Forbidden: bot was blocked by the user")
+    deadline = time.monotonic() + REPLY_TIMEOUT
+    while services.jobs(user):
+        assert time.monotonic() < deadline, "the blocked person's data is still stored"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert not any(_is_reply(m) for m in api.messages(user))
+    # Consent went with the rest: should they come back, they are asked again.
+    seen = len(api.messages(user))
+    api.send_photo(user, _photo("nevus_01.jpg"))
+    wait_for(api, user, containing(texts.CONSENT_FIRST.split(":")[0]), after=seen)
