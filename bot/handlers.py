@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.constants import ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
@@ -217,8 +218,9 @@ async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     """Answer a button this version of the bot no longer knows."""
     query = update.callback_query
     assert query is not None
-    session = await _button_session(update, context)
-    await query.answer(session._(texts.STALE_BUTTON))
+    language = negotiate(query.from_user.language_code)
+    with contextlib.suppress(TelegramError):
+        await query.answer(gettext_for(language)(texts.STALE_BUTTON))
 
 
 async def error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -273,9 +275,10 @@ async def _ask_consent(
     _ = session._
     hours = max(1, round(_service(context).settings.retention_seconds / 3600))
     button = InlineKeyboardButton(_(texts.AGREE), callback_data="consent")
-    await _message(update).reply_text(
-        _(texts.CONSENT).format(hours=hours), reply_markup=InlineKeyboardMarkup([[button]])
-    )
+    consent = _(texts.CONSENT).format(hours=hours)
+    if _message(update).chat.type != ChatType.PRIVATE:
+        consent += " " + _(texts.CONSENT_GROUP)
+    await _message(update).reply_text(consent, reply_markup=InlineKeyboardMarkup([[button]]))
 
 
 def _service(context: ContextTypes.DEFAULT_TYPE) -> TriageService:

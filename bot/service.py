@@ -173,6 +173,8 @@ class StatusMessages:
         if job is None or job.status == "done":
             return None
         if job.status == "running" and job.steps:
+            if job.kind != ANALYSIS:
+                return _(texts.WORKING_ON_QUESTION)
             return _(texts.WORKING).format(step=job.step, steps=job.steps)
         place = self._store.place_in_line(job_id, max_age=self._max_age)
         if place is None:
@@ -221,6 +223,10 @@ class StatusMessages:
                 await asyncio.sleep(self._interval)
                 text = await asyncio.to_thread(self.describe, job_id, language)
                 if text is None:
+                    if await asyncio.to_thread(self._store.load_job, job_id) is None:
+                        # Deleted (/forget) or expired: no answer will come to remove this.
+                        with contextlib.suppress(TelegramError):
+                            await message.delete()
                     return
                 if text != shown:
                     with contextlib.suppress(BadRequest):
@@ -344,8 +350,10 @@ class TriageService:
         held = await asyncio.to_thread(self.store.take_photos, token, session.conv)
         if held is None:
             return False
-        pngs, caption = held
-        photos = [Photo(png, assess(decode_stored(png))) for png in pngs]
+        if held.again:
+            return True  # a second tap: the photos are already on their way
+        caption = held.caption
+        photos = [Photo(png, assess(decode_stored(png))) for png in held.images]
         case = await asyncio.to_thread(self.store.open_case, session.conv) if same else None
         if case is None:
             await self.open_case(asker, session, photos, caption)
@@ -460,10 +468,18 @@ class TriageService:
     async def _say(
         self, asker: Asker, text: str, buttons: list[list[tuple[str, str]]] | None = None
     ) -> None:
-        """Send a fixed text (plain, so nothing in it can break parsing)."""
+        """Send a fixed text (plain, so nothing in it can break parsing), as a reply to the
+        person's message, so that in a group it is clear whose photo it is about."""
         assert self._bot is not None, "bind() the running bot first"
         markup = _keyboard(buttons) if buttons else None
-        await self._bot.send_message(asker.chat_id, text, reply_markup=markup)
+        reply = (
+            ReplyParameters(asker.message_id, allow_sending_without_reply=True)
+            if asker.message_id
+            else None
+        )
+        await self._bot.send_message(
+            asker.chat_id, text, reply_markup=markup, reply_parameters=reply
+        )
 
 
 def _keyboard(rows: list[list[tuple[str, str]]]) -> InlineKeyboardMarkup:

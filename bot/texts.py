@@ -27,6 +27,7 @@ CONSENT = N_(
     "then deleted; /forget deletes them at once. Nobody else sees them. My answers are not a "
     "diagnosis."
 )
+CONSENT_GROUP = N_("In this group, everyone in it sees the photos you send and my answers to you.")
 AGREE = N_("I agree")
 CONSENT_FIRST = N_(
     "I have not looked at your photo: first please read the note above and tap “I agree”, then "
@@ -91,6 +92,7 @@ QUEUED_QUESTION = N_("Question received. You are number {place} in line.")
 ESTIMATE = N_("Estimated wait: about {minutes} min.")
 NO_ESTIMATE = N_("I will reply as soon as it is ready.")
 WORKING = N_("Looking at your photo now (step {step} of {steps})…")
+WORKING_ON_QUESTION = N_("Working on your question now…")
 ALBUM_RECEIVED = N_("I received {count} photos as one case and will look at the clearest one.")
 
 SEND_PHOTO_FIRST = N_(

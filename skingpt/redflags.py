@@ -37,6 +37,9 @@ LANGUAGES = ("en", "es", "fr", "ar")
 DEFAULT_LANGUAGE = "en"
 
 
+PHOTO_CONCEPT = "@rash"
+
+
 class Urgency(StrEnum):
     """How fast the person should get care."""
 
@@ -96,15 +99,17 @@ _PLACEHOLDER = re.compile(r"@(\w+)")
 
 
 def normalise(text: str) -> str:
-    """`text` as patterns see it: lower case, without accents, Arabic diacritics or tatweel, with
-    one form each of alef, heh (for teh marbuta) and yeh (for alef maksura), ASCII digits, and
-    apostrophes and hyphens read as spaces."""
+    """`text` as patterns see it: lower case, without accents, Arabic diacritics, tatweel or
+    invisible format characters, with one form each of alef, heh (for teh marbuta) and yeh (for
+    alef maksura), ASCII digits, and apostrophes and hyphens read as spaces."""
     return _fold(text.translate(_SPACED)).casefold()
 
 
 def _fold(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text.translate(_LIGATURES))
-    bare = "".join(char for char in decomposed if unicodedata.category(char) != "Mn")
+    # Marks (accents, Arabic diacritics) and invisible format characters (zero-width spaces
+    # and joiners, direction marks) would split a word the patterns should see whole.
+    bare = "".join(char for char in decomposed if unicodedata.category(char) not in ("Mn", "Cf"))
     return bare.translate(_LETTER_VARIANTS)
 
 
@@ -168,6 +173,9 @@ class Rule:
     urgency: Urgency
     advice: str
     all_of: tuple[re.Pattern[str], ...]
+    # Groups that name the skin problem itself (they hold ``@rash``): a photo of it says as
+    # much as the words, so with a photo the person need not write "rash" as well.
+    shown_by_photo: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -306,11 +314,16 @@ def _read_rules(vocab: Vocabulary) -> tuple[Rule, ...]:
         if not isinstance(groups, list) or not groups:
             raise ValueError(f"{where}: rule {rule_id!r} needs all_of, a list of concept groups.")
         compiled = []
-        for group in groups:
+        shown = set()
+        for index, group in enumerate(groups):
             if not isinstance(group, list) or not all(isinstance(item, str) for item in group):
                 raise ValueError(f"{where}: rule {rule_id!r}: each group is a list of patterns.")
             compiled.append(compile_terms(vocab.expand(group, f"rule {rule_id}"), vocab.prefix))
-        by_id[str(rule_id)] = Rule(str(rule_id), Urgency(urgency), advice.strip(), tuple(compiled))
+            if PHOTO_CONCEPT in group:
+                shown.add(index)
+        by_id[str(rule_id)] = Rule(
+            str(rule_id), Urgency(urgency), advice.strip(), tuple(compiled), frozenset(shown)
+        )
     if set(by_id) != set(RULE_IDS) or len(entries) != len(RULE_IDS):
         missing, unknown = set(RULE_IDS) - set(by_id), set(by_id) - set(RULE_IDS)
         raise ValueError(
@@ -321,14 +334,21 @@ def _read_rules(vocab: Vocabulary) -> tuple[Rule, ...]:
 
 
 def _matched(
-    vocab: Vocabulary, text: str, *, conditional_counts: bool, also: Sequence[Vocabulary] = ()
+    vocab: Vocabulary,
+    text: str,
+    *,
+    conditional_counts: bool,
+    also: Sequence[Vocabulary] = (),
+    photo: bool = False,
 ) -> set[str]:
     scan = vocab.scan(text, also)
     return {
         rule.id
         for rule in vocab.rules
         if all(
-            scan.affirmed(group, conditional_counts=conditional_counts) for group in rule.all_of
+            (photo and index in rule.shown_by_photo)
+            or scan.affirmed(group, conditional_counts=conditional_counts)
+            for index, group in enumerate(rule.all_of)
         )
     }
 
@@ -348,12 +368,18 @@ def find_red_flags(text: str, language: str) -> list[RedFlag]:
 
 
 def red_flags_in_case(
-    user_texts: Sequence[str], model_texts: Sequence[str], language: str
+    user_texts: Sequence[str],
+    model_texts: Sequence[str],
+    language: str,
+    *,
+    photo: bool = False,
 ) -> list[RedFlag]:
     """Rules matched in the person's words (their language's rules) and in the model's output
     (their language's rules AND always the English rules, since the model may answer in English).
     Deduplicated by rule id, most urgent first, advice always in `language`.
 
+    With ``photo`` (the person sent a photo of the skin problem), the person's words need not
+    name the rash: "I have a fever and it is spreading" about a photo is a rash that spreads.
     In the model's output a term after a condition in the same sentence ("if a fever develops")
     is general advice rather than something seen, and does not count; in the person's words it
     does.
@@ -361,7 +387,7 @@ def red_flags_in_case(
     vocab = vocabulary(language)
     matched: set[str] = set()
     for text in user_texts:
-        matched |= _matched(vocab, text, conditional_counts=True)
+        matched |= _matched(vocab, text, conditional_counts=True, photo=photo)
     # An answer in one language can trip the other's rules (Latin medical words, words both
     # share), so both languages' negations and conditions apply under either rules.
     model_rules = {

@@ -13,7 +13,7 @@ import re
 from skingpt import prompts
 from skingpt.i18n import N_, gettext_for
 from skingpt.redflags import Urgency, red_flags_in_case
-from skingpt.replies import clean_model_text
+from skingpt.replies import TELEGRAM_LIMIT, clean_model_text, utf16_len
 from skingpt.report import person_texts
 from skingpt.safety import judge_answer
 from skingpt.store import Store, case_code
@@ -25,6 +25,7 @@ DURATION = N_("Duration given: {text}")
 FINDINGS = N_("Findings (automated description, not a diagnosis): {text}")
 CONDITIONS = N_("Possible conditions (automated): {text}")
 URGENCY = N_("Urgency: {text}")
+MAX_UNITS = TELEGRAM_LIMIT - 96  # one message, whatever the person wrote
 PHOTOS = N_("Photos in this case: {count}")
 NOT_GIVEN = N_("not given")
 NOT_AVAILABLE = N_("not available")
@@ -76,7 +77,7 @@ def referral_text(store: Store, case: str, language: str) -> str:
             answers[asked[turn.question]] = clean_model_text(turn.answer)
     words = person_texts(turns, "")
     model_texts = [clean_model_text(turn.answer) for turn in turns]
-    flags = red_flags_in_case([". ".join(words)], model_texts, language)
+    flags = red_flags_in_case([". ".join(words)], model_texts, language, photo=True)
     findings = " ".join(
         _first_sentences(text, 2)
         for text in (answers["describe"], answers["features"])
@@ -91,7 +92,7 @@ def referral_text(store: Store, case: str, language: str) -> str:
     lines = [
         _(TITLE).format(code=case_code(case)),
         _(DATE).format(date=dt.date.today().isoformat()),
-        _(COMPLAINT).format(text=" / ".join(words) or _(NOT_GIVEN)),
+        _(COMPLAINT).format(text=_clip(" / ".join(words), 600) or _(NOT_GIVEN)),
         _(DURATION).format(text=find_duration(words, language) or _(NOT_GIVEN)),
         _(FINDINGS).format(text=findings or _(NOT_AVAILABLE)),
         _(CONDITIONS).format(text=_first_sentences(cause, 2) or _(NOT_AVAILABLE)),
@@ -99,7 +100,21 @@ def referral_text(store: Store, case: str, language: str) -> str:
     ]
     lines += [f"• {flag.advice}" for flag in flags]
     lines.append(_(PHOTOS).format(count=meta.photos if meta else 0))
-    return "\n".join(lines)
+    return _clip("\n".join(lines), MAX_UNITS)
+
+
+def _clip(text: str, units: int) -> str:
+    """``text`` cut to at most ``units`` UTF-16 units, marked with an ellipsis when cut."""
+    if utf16_len(text) <= units:
+        return text
+    kept = []
+    used = 1  # the ellipsis
+    for char in text:
+        used += 2 if ord(char) > 0xFFFF else 1
+        if used > units:
+            break
+        kept.append(char)
+    return "".join(kept).rstrip() + "…"
 
 
 def _first_sentences(text: str, count: int) -> str:

@@ -108,7 +108,7 @@ def compose(
     _ = gettext_for(language)
     words = person_texts(history, question)
     cleaned = {key: clean_model_text(text) for key, text in answers.items()}
-    flags = red_flags_in_case([". ".join(words)], list(cleaned.values()), language)
+    flags = red_flags_in_case([". ".join(words)], list(cleaned.values()), language, photo=True)
     lead = [banner(model_name, _)] if untrained else []
     if case_code:
         lead.append(Block(_(CASE_LINE).format(code=case_code), style=Style.NOTE))

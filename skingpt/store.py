@@ -98,11 +98,18 @@ for i = 2, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
 return deleted + redis.call('DEL', KEYS[1])
 """
 
-# Hands over the photos held for one pair, once, and only to that pair.
+# Hands over the photos held for one pair, once, and only to that pair; remembers for a while
+# that they were taken, so the same person's second tap can be told apart from an expired one.
 _TAKE_PHOTOS = """
-if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return false end
+local owner = redis.call('LINDEX', KEYS[1], 0)
+if not owner then
+  if redis.call('GET', KEYS[2]) == ARGV[1] then return 'taken' end
+  return false
+end
+if owner ~= ARGV[1] then return false end
 local held = redis.call('LRANGE', KEYS[1], 1, -1)
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return held
 """
 
@@ -181,6 +188,15 @@ class Prefs:
     consented: bool = False
     language: str | None = None
     health_worker: bool = False
+
+
+@dataclass(frozen=True)
+class HeldPhotos:
+    """Photos waiting for the person to say which case they belong to."""
+
+    images: list[bytes]
+    caption: str
+    again: bool = False  # the same person already took them (a second tap)
 
 
 def case_code(case_id: str) -> str:
@@ -411,20 +427,25 @@ class Store:
             sealed = [self._seal(image) for image in images]
             pipe.rpush(name, conv.encode(), caption.encode(), *sealed)
             pipe.expire(name, self.retention)
-            self._track(pipe, conv, name)
+            self._track(pipe, conv, name, self.key("photo", token, "taken"))
             pipe.execute()
         return token
 
-    def take_photos(self, token: str, conv: str) -> tuple[list[bytes], str] | None:
-        """The photos and caption held for ``conv``, once: a second tap, or another person's
-        tap on the same button, finds nothing."""
-        raw: Any = self._take_photos(keys=[self.key("photo", token)], args=[conv])
+    def take_photos(self, token: str, conv: str) -> HeldPhotos | None:
+        """The photos and caption held for ``conv``, once; None when they are gone or were
+        never theirs (another person's tap on the same button finds nothing)."""
+        name = self.key("photo", token)
+        raw: Any = self._take_photos(
+            keys=[name, self.key("photo", token, "taken")], args=[conv, self.turn_hold]
+        )
+        if raw == b"taken":
+            return HeldPhotos([], "", again=True)
         if not raw:
             return None
         images = [self._open(bytes(item)) for item in raw[1:]]
         if any(image is None for image in images):
             return None
-        return [image for image in images if image is not None], bytes(raw[0]).decode()
+        return HeldPhotos([i for i in images if i is not None], bytes(raw[0]).decode())
 
     # --- jobs ----------------------------------------------------------------------------
 

@@ -127,8 +127,9 @@ def agree(
 ) -> None:
     """Send /start and tap "I agree", as a new user does."""
     chat = user if chat_id is None else chat_id
+    chat_type = "private" if chat_id is None else "group"
     seen = len(api.messages(chat))
-    api.send_text(user, "/start", language_code=language, chat_id=chat_id)
+    api.send_text(user, "/start", language_code=language, chat_id=chat_id, chat_type=chat_type)
     consent = wait_for(api, chat, lambda m: bool(m.get("reply_markup")), after=seen)
     tap(api, user, consent, "consent", language=language)
     wait_for(api, chat, lambda m: m["message_id"] > consent["message_id"], after=seen)

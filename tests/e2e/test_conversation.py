@@ -288,14 +288,16 @@ def test_queue_place_and_estimate_are_shown_and_edited_rarely(services: Services
         _reply(services, user)
     elapsed = time.monotonic() - started
     time.sleep(1.0)
-    deleted = {int(p["message_id"]) for _, p in api.calls("deleteMessage")}
-    edits: dict[int, int] = {}
+    deleted = {(int(p["chat_id"]), int(p["message_id"])) for _, p in api.calls("deleteMessage")}
+    edits: dict[tuple[int, int], int] = {}
     for _, params in api.calls("editMessageText"):
-        edits[int(params["message_id"])] = edits.get(int(params["message_id"]), 0) + 1
-    for status in statuses.values():
-        assert status["message_id"] in deleted  # gone once the answer is out
+        key = (int(params["chat_id"]), int(params["message_id"]))
+        edits[key] = edits.get(key, 0) + 1
+    for user, status in statuses.items():
+        key = (user, status["message_id"])
+        assert key in deleted  # gone once the answer is out
         # Edited only when the text changed, and at most once per interval (3 s here).
-        assert edits.get(status["message_id"], 0) <= elapsed / 3 + 1
+        assert edits.get(key, 0) <= elapsed / 3 + 1
 
 
 def test_a_reply_telegram_refuses_as_html_is_resent_as_plain_text(services: Services) -> None:
@@ -359,3 +361,92 @@ def test_a_person_who_blocked_the_bot_has_their_data_deleted(services: Services)
     seen = len(api.messages(user))
     api.send_photo(user, _photo("nevus_01.jpg"))
     wait_for(api, user, containing(texts.CONSENT_FIRST.split(":")[0]), after=seen)
+
+
+def test_in_a_group_nobody_can_take_another_members_photo(services: Services) -> None:
+    api, group, owner, other = services.api, -10_060, 10_061, 10_062
+    for user in (owner, other):
+        agree(api, user, chat_id=group)
+    consent = wait_for(api, group, containing(texts.CONSENT.split(":")[0]))
+    assert texts.CONSENT_GROUP in consent["text"]
+    api.send_photo(owner, _photo("psoriasis_01.jpg"), chat_id=group, chat_type="group")
+    _reply(services, group)
+    seen = len(api.messages(group))
+    second = api.send_photo(
+        owner, _photo("melanoma_01.jpg"), chat_id=group, chat_type="group", caption="mine"
+    )
+    question = wait_for(api, group, containing(texts.SAME_PROBLEM), after=seen)
+    assert question["reply_to_message"]["message_id"] == second["message_id"]
+    new_case = question["reply_markup"]["inline_keyboard"][0][1]["callback_data"]
+    tap(api, other, question, new_case)  # not their photo
+    wait_for(api, group, containing(texts.STALE_BUTTON), after=seen)
+    time.sleep(1.0)
+    assert all(int(j["chat_id"]) == group for j in services.jobs(group))
+    assert len(services.jobs(group)) == 1
+    tap(api, owner, question, new_case)
+    tap(api, owner, question, new_case)  # a double tap is quietly ignored
+    _reply(services, group, after=seen)
+    time.sleep(1.0)
+    stale = [m for m in api.messages(group)[seen:] if texts.STALE_BUTTON in (m.get("text") or "")]
+    assert len(stale) == 1  # only the other member's tap was refused
+    assert len(services.jobs(group)) == 2
+
+
+def test_forget_during_an_analysis_leaves_no_status_behind(services: Services) -> None:
+    api, user = services.api, 10_070
+    ahead = [10_071, 10_072, 10_073]
+    for other in [*ahead, user]:
+        agree(api, other)
+    for other in ahead:  # they keep the one worker busy while this user's job waits
+        api.send_photo(other, _photo("eczema_02.jpg"))
+    api.send_photo(user, _photo("tinea_corporis_01.jpg"))
+    status = wait_for(api, user, containing(texts.QUEUED.split("{")[0]))
+    api.send_text(user, "/forget")
+    wait_for(api, user, containing(texts.FORGOTTEN))
+    deadline = time.monotonic() + 20
+    deleted: set[tuple[int, int]] = set()
+    while (user, status["message_id"]) not in deleted:
+        assert time.monotonic() < deadline, "the status message is still there"
+        time.sleep(0.2)
+        deleted = {
+            (int(p["chat_id"]), int(p["message_id"])) for _, p in api.calls("deleteMessage")
+        }
+    for other in ahead:
+        _reply(services, other)
+    time.sleep(1.0)
+    assert not any(_is_reply(m) for m in api.messages(user))
+    assert not services.jobs(user)
+
+
+def test_a_referral_fits_one_message_whatever_was_written(services: Services) -> None:
+    from skingpt.replies import utf16_len
+
+    api, user = services.api, 10_080
+    agree(api, user)
+    api.send_photo(user, _photo("nevus_01.jpg"), caption="🙂" * 1900 + " <b>&</b>")
+    _reply(services, user)
+    seen = len(api.messages(user))
+    api.send_text(user, "/referral")
+    summary = wait_for(api, user, containing("Referral summary"), after=seen)["text"]
+    assert utf16_len(summary) <= 4096 and "…" in summary
+
+
+def test_an_unknown_button_is_answered_as_no_longer_valid(services: Services) -> None:
+    api, user = services.api, 10_090
+    agree(api, user)
+    seen = len(api.messages(user))
+    api.send_text(user, "/help")
+    help_message = wait_for(api, user, containing("/new"), after=seen)
+    help_message["reply_markup"] = {
+        "inline_keyboard": [[{"text": "x", "callback_data": "bogus:1"}]]
+    }
+    before = len(api.calls("answerCallbackQuery"))
+    tap(api, user, help_message, "bogus:1")
+    deadline = time.monotonic() + 10
+    while len(api.calls("answerCallbackQuery")) == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    answer = api.calls("answerCallbackQuery")[-1][1]
+    assert answer.get("text") == texts.STALE_BUTTON
+    time.sleep(1.0)
+    assert not [m for m in api.messages(user)[seen:] if texts.SOMETHING_WENT_WRONG in m["text"]]

@@ -611,3 +611,43 @@ def test_rules_file_patterns_all_compile(language: str) -> None:
             except re.error as error:
                 pytest.fail(f"{language}: {pattern!r} does not compile: {error}")
     assert vocabulary(language).language == language  # references resolve, structure is valid
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "rule"),
+    [
+        ("en", "my face is swollen and I am struggling to breathe", "swelling_breathing"),
+        ("es", "se me hinchó la cara y me cuesta respirar", "swelling_breathing"),
+        ("fr", "mon visage a gonflé et j'ai du mal à respirer", "swelling_breathing"),
+        ("ar", "تورم وجهي ولا أستطيع التنفس", "swelling_breathing"),
+        ("en", "I have a fever and it is spreading fast", "fever_spreading_rash"),
+        ("es", "tiene fiebre y se está extendiendo", "fever_spreading_rash"),
+        ("fr", "il a de la fièvre et ça s'étend vite", "fever_spreading_rash"),
+        ("ar", "عندي حمى وهو ينتشر بسرعة", "fever_spreading_rash"),
+    ],
+)
+def test_red_flags_in_case_a_photo_stands_for_the_rash(
+    language: str, text: str, rule: str
+) -> None:
+    assert [f.rule for f in red_flags_in_case([text], [], language, photo=True)] == [rule]
+    assert red_flags_in_case([text], [], language) == []  # words alone do not name a rash
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        ("en", "I have a fever"),
+        ("en", "No fever, and it is not spreading."),
+        ("es", "No tengo fiebre y no se extiende."),
+        ("fr", "Pas de fièvre, et ça ne s'étend pas."),
+        ("ar", "لا توجد حمى ولا ينتشر."),
+        ("en", "I use an eye cream every night."),
+    ],
+)
+def test_red_flags_in_case_a_photo_alone_is_no_red_flag(language: str, text: str) -> None:
+    assert red_flags_in_case([text], [], language, photo=True) == []
+
+
+def test_find_red_flags_sees_through_invisible_characters() -> None:
+    hidden = "I have a f\u200bever and the r\u200dash is spreading\u200f fast"
+    assert [f.rule for f in find_red_flags(hidden, "en")] == ["fever_spreading_rash"]

@@ -188,9 +188,17 @@ def test_photos_are_encrypted_at_rest_with_a_key(redis_url: str, key_prefix: str
     assert raw is not None and b"PNG" not in raw and b"pixels" not in raw
     assert store.load_image(case) == photo
     token = store.hold_photos(conv, [photo], "caption")
-    assert store.take_photos(token, store.pseudonym(99, 99)) is None  # not theirs
-    assert store.take_photos(token, conv) == ([photo], "caption")
-    assert store.take_photos(token, conv) is None
+    stranger = store.pseudonym(99, 99)
+    assert store.take_photos(token, stranger) is None  # not theirs
+    held = store.take_photos(token, conv)
+    assert held is not None and (held.images, held.caption, held.again) == (
+        [photo],
+        "caption",
+        False,
+    )
+    again = store.take_photos(token, conv)
+    assert again is not None and again.again and again.images == []
+    assert store.take_photos(token, stranger) is None
     # Another key cannot read them: the photo reads as gone, never as garbage.
     other = Store.from_url(
         redis_url,
