@@ -69,6 +69,7 @@ RULE_IDS: tuple[str, ...] = (
     "rash_near_eye",
     "child_infection",
     "changing_mole",
+    "shingles",
 )
 
 # Characters mapped around the Unicode decomposition that strips accents and Arabic diacritics

@@ -297,6 +297,39 @@ CASES = [
         "الشامة لم تتغير ولا تنزف.",
         "لا ألم، لكن الشامة كبرت.",
     ),
+    # shingles: antivirals work best when started within three days
+    Case(
+        "shingles",
+        "en",
+        "I think it is shingles.",
+        "The doctor said Herpes Zoster last year and now it looks the same.",
+        "It is not shingles.",
+        "Not chickenpox, but shingles on the chest.",
+    ),
+    Case(
+        "shingles",
+        "es",
+        "Creo que es culebrilla.",
+        "Dicen que es un herpes zoster en el pecho.",
+        "No es culebrilla.",
+        "No es varicela, pero sí herpes zóster.",
+    ),
+    Case(
+        "shingles",
+        "fr",
+        "Je crois que c'est un zona.",
+        "Le médecin a parlé d'un herpès zoster, et les zonas reviennent.",
+        "Ce n'est pas un zona.",
+        "Pas de varicelle, mais un zona sur le thorax.",
+    ),
+    Case(
+        "shingles",
+        "ar",
+        "أظن أنه الحزام الناري.",
+        "قال الطبيب إنه هربس نطاقي وبالحزام الناري يتألم.",
+        "ليس الحزام الناري.",
+        "ليس جدري الماء، لكن الحزام الناري على الصدر.",
+    ),
 ]
 
 BENIGN = {
@@ -479,7 +512,7 @@ def test_red_flags_in_case_reads_english_model_output_for_a_spanish_user() -> No
         ["These look like shingles blisters on the upper eyelid."],
         "es",
     )
-    assert [flag.rule for flag in flags] == ["rash_near_eye"]
+    assert [flag.rule for flag in flags] == ["rash_near_eye", "shingles"]
     assert flags[0].advice == vocabulary("es").rules[RULE_IDS.index("rash_near_eye")].advice
 
 
@@ -531,8 +564,6 @@ ORDINARY_ANSWERS = {
     "over 6 mm and evolution. See a dermatologist if it changes.",
     "ringworm": "This looks like a fungal infection (tinea corporis), often called ringworm. It "
     "forms a red, ring-shaped rash with a scaly edge that slowly grows outward.",
-    "shingles-on-chest": "This looks like shingles (herpes zoster) on the chest. It causes a "
-    "painful blistering rash along one side of the body, so see a doctor soon.",
     "dermatitis-advice": "This could be contact dermatitis. Avoid the trigger, and seek medical "
     "care if you notice fever, spreading redness or pus.",
     "baby-eczema-advice": "It looks like eczema. In babies, eczema often appears on the cheeks. "
@@ -550,6 +581,16 @@ ORDINARY_ANSWERS = {
 @pytest.mark.parametrize("answer", ORDINARY_ANSWERS.values(), ids=ORDINARY_ANSWERS.keys())
 def test_red_flags_in_case_leaves_ordinary_model_answers_alone(answer: str, language: str) -> None:
     assert red_flags_in_case([], [answer], language) == []
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_red_flags_in_case_shingles_anywhere_but_the_face_is_soon_not_today(language: str) -> None:
+    answer = (
+        "This looks like shingles (herpes zoster) on the chest. It causes a painful blistering "
+        "rash along one side of the body, so see a doctor soon."
+    )
+    flags = red_flags_in_case([], [answer], language)
+    assert [(f.rule, f.urgency) for f in flags] == [("shingles", Urgency.SOON)]
 
 
 def test_red_flags_in_case_finds_nothing_in_a_benign_case() -> None:

@@ -356,3 +356,19 @@ def test_judge_answer_always_knows_english_denials() -> None:
     denial = "As an AI, I cannot see the image you sent of the skin."
     assert judge_answer(denial, "ar") == Abstention.NO_IMAGE
     assert judge_answer(denial, "xx") == Abstention.NO_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Apply a pea-sized amount to the rash. Keep it clean.", "Keep it clean."),
+        (
+            "Use permethrin cream once, and repeat after a week. Wash the bedding.",
+            "Wash the bedding.",
+        ),
+        ("Apply two fingertip units of the cream. See a doctor.", "See a doctor."),
+        ("Apply it once the skin is dry.", "Apply it once the skin is dry."),
+    ],
+)
+def test_remove_dosing_amounts_and_repeats_of_a_treatment(text: str, kept: str) -> None:
+    assert remove_dosing(text)[0] == kept
