@@ -377,7 +377,11 @@ def run_offline(settings: Settings, args: argparse.Namespace) -> int:
     api: BotAPIStandIn | None = None
     chat: WebChat | None = None
     if not settings.telegram_token:
-        api = BotAPIStandIn(f"1:{secrets.token_urlsafe(24)}", bot_username="skingpt_clinic_bot")
+        api = BotAPIStandIn(
+            f"1:{secrets.token_urlsafe(24)}",
+            bot_username="skingpt_clinic_bot",
+            record_polls=False,
+        )
         api.start()
         settings = dataclasses.replace(
             settings,

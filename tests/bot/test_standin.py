@@ -622,3 +622,12 @@ def test_send_text_marks_commands_like_telegram() -> None:
             {"type": "bot_command", "offset": 3, "length": 22}
         ]
         assert "entities" not in api.send_text(1, "a/b and http://x/y")
+
+
+def test_standin_can_leave_polls_out_of_its_call_log() -> None:
+    with BotAPIStandIn(record_polls=False) as api:
+        url = f"{api.base_url}{api.token}"
+        for _ in range(3):
+            httpx.post(f"{url}/getUpdates", json={"timeout": 0})
+        httpx.post(f"{url}/getMe")
+        assert [name for name, _ in api.calls()] == ["getMe"]

@@ -38,6 +38,8 @@ def services(start_services: Callable[..., Services]) -> Services:
         encryption_key=Fernet.generate_key().decode(),
         max_new_tokens="1500",
         max_context_tokens="4000",
+        # Telegram allows about 20 messages a minute in a group; the stand-in has no such limit.
+        group_messages_per_minute="600",
     )
 
 
