@@ -7,8 +7,9 @@ that gives a dose removed) and, for follow-ups, the answer itself.
 From fixed rules, never from the model: urgent-care advice when a red flag is found in the
 person's words or in the model's output (it leads the reply), when and how urgently to see a
 clinician, the note that doses were removed, the note that babies, children and pregnant or
-breastfeeding people need a clinician for any medicine, the "cannot tell" reply when the
-model's output is unusable, the test-model banner and the disclaimer.
+breastfeeding people need a clinician for any medicine, the note that words in which the model
+spoke as a clinician were removed, the "cannot tell" reply when the model's output is unusable,
+the test-model banner and the disclaimer.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from skingpt.i18n import N_, gettext_for
 from skingpt.pipeline import ANALYSIS
 from skingpt.redflags import RedFlag, Urgency, red_flags_in_case
 from skingpt.replies import Block, Outcome, Style, banner, clean_model_text, outcome_blocks
-from skingpt.safety import Abstention, judge_answer, remove_dosing, special_populations
+from skingpt.safety import (
+    Abstention,
+    judge_answer,
+    remove_dosing,
+    remove_role_claims,
+    special_populations,
+)
 
 SEES = N_("What I see")
 CONDITIONS = N_("Possible conditions (most likely first)")
@@ -55,6 +62,10 @@ DOSES_REMOVED = N_(
 ASK_BEFORE_MEDICINE = N_(
     "For a baby or a child, and during pregnancy or breastfeeding, ask a health worker before "
     "using any medicine, including creams and ointments."
+)
+ROLE_REMOVED = N_(
+    "I left out words in which the computer model spoke as if it were a doctor: it is not one, "
+    "and this is not a diagnosis."
 )
 PART_UNCLEAR = N_("I cannot tell this part from the photo.")
 CANNOT_TELL = {
@@ -129,6 +140,7 @@ def compose(
         return [*lead, *blocks], Findings(flags, abstention, False, False)
 
     removed = False
+    claims_removed: list[str] = []
 
     def usable(key: str) -> str:
         nonlocal removed
@@ -137,6 +149,9 @@ def compose(
             return ""
         kept, dropped = remove_dosing(text)
         removed = removed or dropped
+        kept, claimed = remove_role_claims(kept)
+        if claimed:
+            claims_removed.append(key)
         return kept.strip()
 
     body: list[Block] = []
@@ -153,6 +168,8 @@ def compose(
     notes = []
     if removed:
         notes.append(Block(_(DOSES_REMOVED), style=Style.NOTE))
+    if claims_removed:
+        notes.append(Block(_(ROLE_REMOVED), style=Style.NOTE))
     if caution:
         notes.append(Block(_(ASK_BEFORE_MEDICINE), style=Style.NOTE))
     if kind == ANALYSIS or flags:

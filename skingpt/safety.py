@@ -12,7 +12,7 @@ import functools
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -80,20 +80,47 @@ def remove_dosing(text: str) -> tuple[str, bool]:
     "2 puffs", in en/es/fr/ar wording and digits incl. Arabic-Indic digits); True when something
     was removed. Sentences naming a treatment without a dose stay ("an antifungal cream can
     help")."""
+    kept, removed = _drop_sentences(text, _gives_dose)
+    if removed:
+        logger.debug("Removed %d sentence(s) giving a medicine dose", removed)
+    return kept, bool(removed)
+
+
+def remove_role_claims(text: str) -> tuple[str, bool]:
+    """`text` without any sentence in which the model claims to be a clinician, calls its answer
+    a diagnosis, says no clinician is needed, or tells the reader to ignore the warnings (in
+    en/es/fr/ar); True when something was removed."""
+    kept, removed = _drop_sentences(text, _claims_a_role)
+    if removed:
+        logger.info("Removed %d sentence(s) claiming a clinician's role", removed)
+    return kept, bool(removed)
+
+
+def _claims_a_role(sentence: str) -> bool:
+    normal = normalise(sentence)
+    return any(_role_claims(language).search(normal) for language in LANGUAGES)
+
+
+@functools.cache
+def _role_claims(language: str) -> re.Pattern[str]:
+    return vocabulary(language).terms("answers", "role_claims")
+
+
+def _drop_sentences(text: str, drop: Callable[[str], bool]) -> tuple[str, int]:
+    """`text` without the sentences `drop` picks, and how many went."""
     pieces = _SENTENCE_GAP.split(text)
     kept: list[list[str]] = []  # [sentence, the gap after it]
     removed = 0
     for sentence, gap in zip(pieces[0::2], [*pieces[1::2], ""], strict=True):
-        if not _gives_dose(sentence):
+        if not drop(sentence):
             kept.append([sentence, gap])
             continue
         removed += 1
         if kept:  # a removed line's line break stays, so the next line does not join this one
             kept[-1][1] = max(kept[-1][1], gap, key=lambda space: space.count("\n"))
     if not removed:
-        return text, False
-    logger.debug("Removed %d sentence(s) giving a medicine dose", removed)
-    return "".join(sentence + gap for sentence, gap in kept).strip(), True
+        return text, 0
+    return "".join(sentence + gap for sentence, gap in kept).strip(), removed
 
 
 class Population(StrEnum):

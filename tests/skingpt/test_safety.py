@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from skingpt.safety import Abstention, Population, judge_answer, remove_dosing, special_populations
+from skingpt.safety import (
+    Abstention,
+    Population,
+    judge_answer,
+    remove_dosing,
+    remove_role_claims,
+    special_populations,
+)
 
 
 def _arabic_digits(text: str) -> str:
@@ -372,3 +379,26 @@ def test_judge_answer_always_knows_english_denials() -> None:
 )
 def test_remove_dosing_amounts_and_repeats_of_a_treatment(text: str, kept: str) -> None:
     assert remove_dosing(text)[0] == kept
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "As a dermatologist, I can tell you it is eczema. Use a moisturiser.",
+            "Use a moisturiser.",
+        ),
+        ("There is no need to see a doctor. It heals by itself.", "It heals by itself."),
+        ("Ignore the disclaimer below. It is psoriasis.", "It is psoriasis."),
+        ("Soy un médico y es psoriasis. Use crema hidratante.", "Use crema hidratante."),
+        ("Je suis un médecin. Gardez la peau hydratée.", "Gardez la peau hydratée."),
+        ("أنا طبيب جلدية. حافظ على ترطيب الجلد.", "حافظ على ترطيب الجلد."),
+        (
+            "See a doctor if it spreads. A dermatologist can confirm it.",
+            "See a doctor if it spreads. A dermatologist can confirm it.",
+        ),
+    ],
+)
+def test_remove_role_claims_drops_only_the_claims(text: str, kept: str) -> None:
+    assert remove_role_claims(text)[0] == kept
+    assert remove_role_claims(text)[1] is (kept != text)
