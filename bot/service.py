@@ -319,6 +319,8 @@ class TriageService:
         self, asker: Asker, session: Session, photos: Sequence[Photo], caption: str
     ) -> None:
         _ = session._
+        if not await self.room_for_a_job(asker, session):
+            return
         if len(photos) > 1:
             await self._say(asker, _(texts.ALBUM_RECEIVED).format(count=len(photos)))
         ordered = sorted(photos, key=lambda p: len(p.issues))  # the clearest first
@@ -395,11 +397,24 @@ class TriageService:
         """The session's open case, if its photo is still stored."""
         return await asyncio.to_thread(self.store.open_case, session.conv)
 
-    async def ask(self, asker: Asker, session: Session, case: str, question: str) -> str:
-        """Queue a follow-up about a case, behind any earlier job of the same pair."""
+    async def ask(self, asker: Asker, session: Session, case: str, question: str) -> str | None:
+        """Queue a follow-up about a case, behind any earlier job of the same pair; None when
+        the person has too many jobs waiting already."""
+        if not await self.room_for_a_job(asker, session):
+            return None
         job_id = await self.create_job(asker, session, case, question, kind=FOLLOWUP)
         await self.queue(asker, session, job_id)
         return job_id
+
+    async def room_for_a_job(self, asker: Asker, session: Session) -> bool:
+        """False, after telling the person, when they already have as many jobs waiting as one
+        person may: one user cannot fill the queue for everyone else."""
+        waiting = await asyncio.to_thread(self.store.jobs_in_flight, session.conv)
+        if waiting < self.settings.max_jobs_per_user:
+            return True
+        logger.info("A person reached the limit of %d jobs in flight", waiting)
+        await self._say(asker, session._(texts.TOO_MANY_WAITING).format(count=waiting))
+        return False
 
     async def create_job(
         self, asker: Asker, session: Session, case: str, question: str, *, kind: str

@@ -95,6 +95,11 @@ WORKING = N_("Looking at your photo now (step {step} of {steps})…")
 WORKING_ON_QUESTION = N_("Working on your question now…")
 ALBUM_RECEIVED = N_("I received {count} photos as one case and will look at the clearest one.")
 
+TOO_MANY_WAITING = N_(
+    "You already have {count} questions or photos waiting for an answer. Please wait for those "
+    "answers, then send this again."
+)
+
 SEND_PHOTO_FIRST = N_(
     "Please send a photo of the skin first. Then you can ask questions about it."
 )

@@ -76,6 +76,7 @@ class Settings:
     visibility_timeout: int = 3600
     max_deliveries: int = 3
     encryption_key: str | None = field(default=None, repr=False)
+    max_jobs_per_user: int = 3
     album_wait_seconds: float = 2.0
     status_interval_seconds: float = 5.0
 
@@ -120,6 +121,8 @@ class Settings:
             raise ConfigError("SKINGPT_MAX_DELIVERIES must be at least 1.")
         if self.encryption_key:
             _check_fernet_key(self.encryption_key)
+        if self.max_jobs_per_user < 1:
+            raise ConfigError("SKINGPT_MAX_JOBS_PER_USER must be at least 1.")
         if not 0 < self.album_wait_seconds <= 30:
             raise ConfigError("SKINGPT_ALBUM_WAIT_SECONDS must be more than 0 and at most 30.")
         if self.status_interval_seconds < 3:

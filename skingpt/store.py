@@ -485,6 +485,14 @@ class Store:
         keys = [self.key("conv", conv, "inflight"), self.key("conv", conv, "waiting")]
         return bool(self._claim(keys=keys, args=[job_id, self.turn_hold]))
 
+    def jobs_in_flight(self, conv: str) -> int:
+        """The pair's jobs queued or being answered now."""
+        with self.client.pipeline() as pipe:
+            pipe.exists(self.key("conv", conv, "inflight"))
+            pipe.llen(self.key("conv", conv, "waiting"))
+            running, waiting = pipe.execute()
+        return int(running) + int(waiting)
+
     def release_turn(self, conv: str, job_id: str) -> str | None:
         """Hand the pair's turn to the next waiting job and return its id."""
         keys = [self.key("conv", conv, "inflight"), self.key("conv", conv, "waiting")]

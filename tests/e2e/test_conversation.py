@@ -471,3 +471,25 @@ def test_words_that_try_to_change_the_bots_role_change_nothing(services: Service
         assert claim not in text
     assert "Keep the skin moisturised" in text  # the rest of the answer stays
     assert report.ROLE_REMOVED in text
+
+
+def test_one_person_cannot_fill_the_queue(services: Services) -> None:
+    api, user = services.api, 10_110
+    ahead = list(range(10_111, 10_117))
+    for other in [*ahead, user]:
+        agree(api, other)
+    for other in ahead:  # they keep the one worker busy, so this person's jobs pile up
+        api.send_photo(other, _photo("nevus_01.jpg"))
+    api.send_photo(user, _photo("eczema_02.jpg"))
+    for number in range(4):
+        api.send_text(user, f"Question {number}: is it contagious?")
+    refusal = texts.TOO_MANY_WAITING.split("{")[0]
+    wait_for(api, user, containing(refusal))
+    deadline = time.monotonic() + REPLY_TIMEOUT
+    while sum(_is_reply(m) for m in api.messages(user)) < 3:
+        assert time.monotonic() < deadline, api.messages(user)
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert len(services.jobs(user)) == 3  # the photo and two questions; two more were refused
+    assert sum(refusal in (m.get("text") or "") for m in api.messages(user)) == 2
+    assert sum(_is_reply(m) for m in api.messages(user)) == 3
