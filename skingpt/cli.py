@@ -372,7 +372,13 @@ def run_offline(settings: Settings, args: argparse.Namespace) -> int:
     # patient, that the weights cannot load.
     logger.info("Loading the model %s", settings.weights or settings.model)
     holder.get(timeout=None)
-    runner = JobRunner(store, holder, max_deliveries=settings.max_deliveries, model_wait=3600.0)
+    runner = JobRunner(
+        store,
+        holder,
+        max_deliveries=settings.max_deliveries,
+        model_wait=3600.0,
+        max_queue_wait=settings.max_queue_wait_seconds,
+    )
     jobs = LocalQueue(runner)
     api: BotAPIStandIn | None = None
     chat: WebChat | None = None

@@ -44,6 +44,7 @@ class Outcome(StrEnum):
     EMPTY = "empty"
     PHOTO_EXPIRED = "photo_expired"
     TIMED_OUT = "timed_out"
+    WAITED_TOO_LONG = "waited_too_long"
     FAILED = "failed"
 
 
@@ -59,6 +60,11 @@ OUTCOME_TEXT = {
     Outcome.TIMED_OUT: N_(
         "Sorry, the analysis took too long and was stopped. Please send your message again "
         "in a few minutes."
+    ),
+    Outcome.WAITED_TOO_LONG: N_(
+        "Sorry, many people are asking right now and your message waited too long, so I did "
+        "not look at it. Please send it again later. If the skin problem is getting worse "
+        "quickly, do not wait: see a health worker."
     ),
     Outcome.FAILED: N_(
         "Sorry, something went wrong on our side while looking at your photo. Please send it "

@@ -75,6 +75,7 @@ class Settings:
     task_time_limit: int = 300
     visibility_timeout: int = 3600
     max_deliveries: int = 3
+    max_queue_wait_seconds: int = 1800
     encryption_key: str | None = field(default=None, repr=False)
     max_jobs_per_user: int = 3
     album_wait_seconds: float = 2.0
@@ -136,11 +137,14 @@ class Settings:
             raise ConfigError(
                 "SKINGPT_TASK_SOFT_TIME_LIMIT must be positive and below SKINGPT_TASK_TIME_LIMIT."
             )
-        if self.visibility_timeout <= self.task_time_limit:
+        if self.max_queue_wait_seconds < 10:
+            raise ConfigError("SKINGPT_MAX_QUEUE_WAIT_SECONDS must be at least 10.")
+        if self.visibility_timeout <= self.task_time_limit + self.max_queue_wait_seconds:
             raise ConfigError(
                 f"SKINGPT_VISIBILITY_TIMEOUT ({self.visibility_timeout} s) must exceed "
-                f"SKINGPT_TASK_TIME_LIMIT ({self.task_time_limit} s), or Redis hands a running "
-                "job to a second worker. Raise the visibility timeout."
+                f"SKINGPT_TASK_TIME_LIMIT plus SKINGPT_MAX_QUEUE_WAIT_SECONDS "
+                f"({self.task_time_limit + self.max_queue_wait_seconds} s), or Redis hands a "
+                "job still waiting or running to a second worker. Raise the visibility timeout."
             )
 
     @property

@@ -159,6 +159,7 @@ class Job:
     step: int = 0
     steps: int = 0
     status_message: int | None = None
+    queued_at: float | None = None
 
     @property
     def answer(self) -> str:
@@ -507,6 +508,7 @@ class Store:
         turns = [{"q": t.question, "a": t.answer} for t in self.turns(_text(case))]
         job = [self.key("job", job_id)]
         self._update_job(keys=job, args=["set", "history", json.dumps(turns)])
+        self._update_job(keys=job, args=["set", "queued", time.time()])
         self._update_job(keys=job, args=["set", "status", "queued"])
 
     def enqueue(self, job_id: str) -> None:
@@ -578,6 +580,7 @@ class Store:
             step=int(data.get("step", 0)),
             steps=int(data.get("steps", 0)),
             status_message=int(data["status_message"]) if data.get("status_message") else None,
+            queued_at=float(data["queued"]) if data.get("queued") else None,
         )
 
     def mark_running(self, job_id: str) -> int:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from skingpt.errors import ConfigError, ModelUnavailable
@@ -89,6 +90,8 @@ class JobRunner:
         holder: the model of this process.
         max_deliveries: attempts after which a job that never finished is answered as failed.
         model_wait: seconds to wait for a loading model before :class:`ModelLoading`.
+        max_queue_wait: seconds a job may wait in the queue before it is answered, with an
+            apology, without running.
         timeouts: exceptions that mean the job ran out of time (Celery's soft time limit).
     """
 
@@ -99,9 +102,11 @@ class JobRunner:
         *,
         max_deliveries: int,
         model_wait: float,
+        max_queue_wait: float = float("inf"),
         timeouts: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.store = store
+        self.max_queue_wait = max_queue_wait
         self.holder = holder
         self.max_deliveries = max_deliveries
         self.model_wait = model_wait
@@ -121,6 +126,12 @@ class JobRunner:
         if job.status == "done":
             logger.info("Job %s was already answered; not running it again", job_id)
             return "duplicate"
+        waited = time.time() - (job.queued_at or time.time())
+        if waited > self.max_queue_wait:
+            # Answering now would be too late to be useful, and the queue is clearly too long.
+            logger.warning("Job %s waited %.0f s in the queue; not running it", job_id, waited)
+            self.store.complete_job(job_id, Outcome.WAITED_TOO_LONG)
+            return Outcome.WAITED_TOO_LONG.value
         attempts = self.store.mark_running(job_id)
         if attempts == 0:
             logger.info("Job %s was deleted before it ran", job_id)

@@ -51,6 +51,7 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
         holder,
         max_deliveries=settings.max_deliveries,
         model_wait=model_wait,
+        max_queue_wait=settings.max_queue_wait_seconds,
         timeouts=(SoftTimeLimitExceeded,),
     )
 

@@ -36,7 +36,6 @@ def test_jobs_sent_while_the_model_loads_are_answered_once(
         "SKINGPT_MAX_NEW_TOKENS": "8",
         "SKINGPT_TASK_SOFT_TIME_LIMIT": "2",
         "SKINGPT_TASK_TIME_LIMIT": "4",
-        "SKINGPT_VISIBILITY_TIMEOUT": "30",
     }
     store = Store.from_url(
         redis_url, prefix=key_prefix, retention_seconds=600, turn_hold_seconds=900

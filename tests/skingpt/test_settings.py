@@ -59,3 +59,10 @@ def test_a_weights_folder_means_the_test_model_is_not_in_use() -> None:
     assert Settings.from_env({}).is_test_model
     assert not Settings.from_env({"SKINGPT_WEIGHTS": "/models/medgemma"}).is_test_model
     assert not Settings.from_env({"SKINGPT_MODEL": "skingpt4-llama2-13b"}).is_test_model
+
+
+def test_settings_refuse_a_visibility_timeout_shorter_than_the_time_limit_and_queue_wait() -> None:
+    limits = {"SKINGPT_TASK_TIME_LIMIT": "300", "SKINGPT_MAX_QUEUE_WAIT_SECONDS": "1800"}
+    with pytest.raises(ConfigError, match="MAX_QUEUE_WAIT_SECONDS"):
+        Settings.from_env({**limits, "SKINGPT_VISIBILITY_TIMEOUT": "2000"})
+    assert Settings.from_env({**limits, "SKINGPT_VISIBILITY_TIMEOUT": "2200"})

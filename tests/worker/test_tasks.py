@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,3 +129,17 @@ def test_a_first_analysis_asks_the_clinical_questions_in_context(
     asked = [turn.question for turn in store.turns(case)]
     assert asked == [text for _, text in CLINICAL_QUESTIONS] + ["Does it itch?"]
     assert (loaded.step, loaded.steps) == (5, 5)
+
+
+def test_a_job_that_waited_too_long_is_answered_with_an_apology_without_running(
+    setup: tuple[Store, Callable[[str], str]], sample_photos: list[Path]
+) -> None:
+    store, run = setup
+    store.ensure_outbox_group()
+    case, job = _job(store, sample_photos[0])
+    store.client.hset(store.key("job", job), "queued", time.time() - 3600)
+    assert run(job) == Outcome.WAITED_TOO_LONG.value
+    loaded = store.load_job(job)
+    assert loaded is not None and loaded.outcome is Outcome.WAITED_TOO_LONG
+    assert loaded.attempts == 0 and store.turns(case) == []  # the model never ran
+    assert job in [j for _, j in store.read_outbox("test", block_ms=10)]
