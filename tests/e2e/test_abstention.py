@@ -10,10 +10,10 @@ import json
 from collections.abc import Callable
 
 import pytest
-from skingpt.safety import Abstention
 
 from skingpt import report
 from skingpt.replies import DISCLAIMER
+from skingpt.safety import Abstention
 from tests.e2e.support import DATA, Services, agree, containing, wait_for
 
 pytestmark = pytest.mark.e2e
