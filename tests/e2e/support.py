@@ -3,6 +3,7 @@ users: start them, agree, tap buttons, wait for the reply they expect."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,19 @@ _query_ids = itertools.count(1)
 
 @dataclass
 class Services:
+    """One bot and its workers, with the stand-in they talk to and the Redis they share."""
+
     api: BotAPIStandIn
     redis: redis.Redis
     prefix: str
     bot: subprocess.Popen[bytes]
-    worker: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]]
     logs: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self.workers[0]
 
     def jobs(self, chat_id: int | None = None) -> list[dict[str, str]]:
         """Every job hash in Redis (of one chat), oldest first."""
@@ -43,13 +51,86 @@ class Services:
         return sorted(jobs, key=lambda job: float(job["created"]))
 
     def assert_alive(self) -> None:
-        for name, process in (("bot", self.bot), ("worker", self.worker)):
+        for name, process in (("bot", self.bot), *(("worker", w) for w in self.workers)):
             assert process.poll() is None, f"the {name} process exited with {process.returncode}"
 
     def log_text(self) -> str:
-        return "".join(
-            (self.logs / name).read_text(errors="replace") for name in ("bot.log", "worker.log")
-        )
+        """Everything the bot and the workers logged so far (restarted ones included)."""
+        return "".join(path.read_text(errors="replace") for path in sorted(self.logs.glob("*.log")))
+
+    def restart_bot(self, bot_args: list[str] | None = None) -> None:
+        """Stop the bot (SIGTERM, as a deployment does) and start a new one on the same stand-in."""
+        stop(self.bot)
+        runs = len(list(self.logs.glob("bot*.log")))
+        self.bot = spawn(["bot", *(bot_args or [])], self.env, self.logs / f"bot-{runs}.log")
+
+
+class Launcher:
+    """Starts bots and workers as separate processes, and stops and cleans up after them.
+
+    Each start gets its own stand-in, key prefix and queue, so tests sharing a Redis never see
+    each other's jobs.
+    """
+
+    def __init__(self, redis_url: str, logs: Callable[[], Path]) -> None:
+        self.redis_url = redis_url
+        self._logs = logs
+        self._started: list[Services] = []
+
+    def start(
+        self,
+        bot_args: list[str],
+        *,
+        workers: int = 1,
+        worker_args: tuple[str, ...] = ("--concurrency", "1"),
+        redis_url: str | None = None,
+        **settings: str,
+    ) -> Services:
+        """A bot and ``workers`` worker processes with extra ``SKINGPT_*`` settings."""
+        logs = self._logs()
+        url = redis_url or self.redis_url
+        prefix = f"skingpt-e2e-{os.getpid()}-{len(self._started)}"
+        api = BotAPIStandIn(token=TOKEN).start()
+        env = {
+            **os.environ,
+            "SKINGPT_REDIS_URL": url,
+            "SKINGPT_KEY_PREFIX": prefix,
+            "SKINGPT_QUEUE": f"{prefix}-gpu",
+            "SKINGPT_TORCH_THREADS": "1",
+            "SKINGPT_LOG_LEVEL": "INFO",
+            "SKINGPT_ALBUM_WAIT_SECONDS": "1.5",
+            "SKINGPT_STATUS_INTERVAL_SECONDS": "3",
+            **{f"SKINGPT_{name.upper()}": value for name, value in settings.items()},
+        }
+        started = [
+            spawn(["worker", *worker_args], env, logs / f"worker{n}.log") for n in range(workers)
+        ]
+        bot_env = {
+            **env,
+            "SKINGPT_TELEGRAM_TOKEN": TOKEN,
+            "SKINGPT_TELEGRAM_API_URL": api.base_url,
+            "SKINGPT_TELEGRAM_FILE_URL": api.base_file_url,
+        }
+        bot = spawn(["bot", *bot_args], bot_env, logs / "bot.log")
+        client = redis.Redis.from_url(url)
+        services = Services(api, client, prefix, bot, started, logs, bot_env)
+        self._started.append(services)
+        return services
+
+    def close(self, *, show_logs: bool = True) -> None:
+        """Stop everything started, delete its keys, and show its logs on stderr."""
+        for services in self._started:
+            stop(services.bot)
+            for worker in services.workers:
+                stop(worker)
+            services.api.stop()
+            with contextlib.suppress(redis.RedisError):
+                for key in services.redis.scan_iter(match=f"{services.prefix}*", count=500):
+                    services.redis.delete(key)
+            if show_logs:
+                for path in sorted(services.logs.glob("*.log")):
+                    text = path.read_text(errors="replace")
+                    sys.stderr.write(f"\n----- {path.name} -----\n{text}")
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
