@@ -56,10 +56,11 @@ class Services:
 
     def log_text(self) -> str:
         """Everything the bot and the workers logged so far (restarted ones included)."""
-        return "".join(path.read_text(errors="replace") for path in sorted(self.logs.glob("*.log")))
+        logs = sorted(self.logs.glob("*.log"))
+        return "".join(path.read_text(errors="replace") for path in logs)
 
     def restart_bot(self, bot_args: list[str] | None = None) -> None:
-        """Stop the bot (SIGTERM, as a deployment does) and start a new one on the same stand-in."""
+        """Stop the bot with SIGTERM, as a deployment does, and start a new one in its place."""
         stop(self.bot)
         runs = len(list(self.logs.glob("bot*.log")))
         self.bot = spawn(["bot", *(bot_args or [])], self.env, self.logs / f"bot-{runs}.log")
