@@ -17,6 +17,7 @@ from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
@@ -26,6 +27,7 @@ from bot.ratelimit import RedisRateLimiter
 from bot.service import TriageService
 from bot.updates import TolerantUpdatesRequest
 from skingpt.errors import ConfigError
+from skingpt.health import Heartbeat
 from skingpt.i18n import N_, SUPPORTED, gettext_for
 from skingpt.settings import Settings
 from skingpt.store import Store
@@ -88,6 +90,15 @@ def build_application(
         )
     service = TriageService(settings, store, jobs)
     sender = ReplySender(service)
+    polls = TolerantUpdatesRequest(connection_pool_size=1)
+    heartbeat = Heartbeat(
+        store,
+        "bot",
+        lambda: {
+            "looped": f"{sender.last_round:.3f}",
+            "polled": f"{polls.last_answer:.3f}" if polls.last_answer else "",
+        },
+    )
     tasks: list[asyncio.Task[None]] = []
 
     async def on_start(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
@@ -99,9 +110,11 @@ def build_application(
                 commands, language_code=None if language == "en" else language
             )
         tasks.append(asyncio.create_task(sender.run(application.bot), name="reply-sender"))
+        heartbeat.start()
 
     async def on_stop(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         service.stop()
+        await asyncio.to_thread(heartbeat.stop)
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -112,7 +125,7 @@ def build_application(
         .token(settings.telegram_token)
         .base_url(settings.telegram_api_url)
         .base_file_url(settings.telegram_file_url)
-        .get_updates_request(TolerantUpdatesRequest(connection_pool_size=1))
+        .get_updates_request(polls)
         .rate_limiter(
             RedisRateLimiter(
                 store.client,
@@ -129,6 +142,9 @@ def build_application(
     )
     application.bot_data["service"] = service
 
+    if settings.allowed_users:
+        # A group before all others: someone not allowed reaches no handler that stores.
+        application.add_handler(TypeHandler(Update, handlers.outsider), group=-1)
     new_message = filters.UpdateType.MESSAGE
     application.add_handler(CommandHandler("start", handlers.start))
     application.add_handler(CommandHandler("help", handlers.help_command))

@@ -11,10 +11,14 @@ import asyncio
 import logging
 import os
 import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
 
+import httpx
 from telegram import Bot, ReplyParameters
 from telegram.constants import ParseMode
-from telegram.error import BadRequest, Forbidden
+from telegram.error import BadRequest, Forbidden, TimedOut
 
 from bot.service import TriageService
 from skingpt.i18n import gettext_for
@@ -25,6 +29,8 @@ from skingpt.store import Job, case_code
 logger = logging.getLogger(__name__)
 
 STALE_AFTER_MS = 30_000
+# How long a stopping bot may take to send the replies it has already read.
+STOP_GRACE_SECONDS = 10.0
 
 
 class ReplySender:
@@ -35,6 +41,8 @@ class ReplySender:
         self.store = service.store
         self.block_ms = block_ms
         self.consumer = f"bot-{socket.gethostname()}-{os.getpid()}"
+        self.last_round = time.time()
+        """When the loop last read the outbox without failing (Unix time), for the health check."""
 
     async def run(self, bot: Bot) -> None:
         """Deliver until cancelled; failures are retried with a growing pause."""
@@ -44,7 +52,8 @@ class ReplySender:
         while True:
             try:
                 pending = rounds % 15 == 0 or failures > 0
-                await self._deliver_batch(bot, pending=pending)
+                await _finish_when_stopped(self._deliver_batch(bot, pending=pending))
+                self.last_round = time.time()
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -67,8 +76,20 @@ class ReplySender:
             entries = await asyncio.to_thread(
                 self.store.read_outbox, self.consumer, block_ms=self.block_ms
             )
-        for entry_id, job_id in entries:
-            await self.deliver(bot, entry_id, job_id)
+        # The batch goes out side by side: one at a time, each answer waited for every Redis
+        # and HTTP round trip of the one before, and a chat held back by Telegram's per-chat
+        # limit held back every other chat too. Answers of one person still arrive in order:
+        # their next job runs only after this answer went out, so a conversation has at most
+        # one entry in a batch. An entry both pending and claimed as stale is sent once.
+        unique = dict(entries)
+        results = await asyncio.gather(
+            *(self.deliver(bot, entry_id, job_id) for entry_id, job_id in unique.items()),
+            return_exceptions=True,
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            # The others went out; the failed ones stay unacknowledged for the next round.
+            raise failures[0]
 
     async def deliver(self, bot: Bot, entry_id: str, job_id: str) -> None:
         """Send one job's reply unless it was sent before, then pass the turn on."""
@@ -135,13 +156,30 @@ class ReplySender:
                 else None
             )
             try:
-                await bot.send_message(
-                    job.chat_id, part.html, parse_mode=ParseMode.HTML, reply_parameters=reply_to
+                await self._send_part(bot, job, part, reply_to)
+            except TimedOut as error:
+                if not _reached_telegram(error):
+                    raise
+                # Telegram most likely showed it: the request went out, only the answer was
+                # late. The Bot API cannot say whether a message was sent, and a resend would
+                # show the person the same reply twice; so the part counts as sent.
+                logger.warning(
+                    "Job %s: part %d was not confirmed in time; not sending it again",
+                    job.job_id,
+                    index + 1,
                 )
-            except BadRequest as error:
-                logger.warning("Job %s: HTML refused (%s); sending plain text", job.job_id, error)
-                await bot.send_message(job.chat_id, part.plain, reply_parameters=reply_to)
             await asyncio.to_thread(self.store.mark_part_sent, job.job_id, index + 1)
+
+    async def _send_part(
+        self, bot: Bot, job: Job, part: Message, reply_to: ReplyParameters | None
+    ) -> None:
+        try:
+            await bot.send_message(
+                job.chat_id, part.html, parse_mode=ParseMode.HTML, reply_parameters=reply_to
+            )
+        except BadRequest as error:
+            logger.warning("Job %s: HTML refused (%s); sending plain text", job.job_id, error)
+            await bot.send_message(job.chat_id, part.plain, reply_parameters=reply_to)
 
     async def _send_apology(self, bot: Bot, job: Job) -> None:
         """After Telegram refused a reply, tell the user rather than leave them waiting."""
@@ -151,3 +189,28 @@ class ReplySender:
             await bot.send_message(job.chat_id, text)
         except (BadRequest, Forbidden) as error:
             logger.warning("Job %s: the apology was refused too: %s", job.job_id, error.message)
+
+
+def _reached_telegram(error: TimedOut) -> bool:
+    """Whether a timed-out request was sent (its answer was late) rather than never sent
+    (no connection in time), going by the HTTP client's error behind it."""
+    return isinstance(error.__cause__, httpx.ReadTimeout | httpx.WriteTimeout)
+
+
+async def _finish_when_stopped(batch: Coroutine[Any, Any, None]) -> None:
+    """Run one batch to its end even if the bot stops meanwhile.
+
+    Entries read from the outbox belong to this process until acknowledged; left half-done,
+    they would wait ``STALE_AFTER_MS`` for another reader, and a reply sent but not yet
+    recorded would be sent again. So a cancelled loop first finishes its batch (for at most
+    ``STOP_GRACE_SECONDS``), then stops.
+    """
+    task = asyncio.ensure_future(batch)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            await asyncio.wait_for(task, STOP_GRACE_SECONDS)
+        except Exception:
+            logger.warning("Stopping before the last replies were sent", exc_info=True)
+        raise

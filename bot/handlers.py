@@ -9,18 +9,23 @@ import logging
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ChatType
 from telegram.error import BadRequest, TelegramError
-from telegram.ext import ContextTypes
+from telegram.ext import ApplicationHandlerStop, ContextTypes, filters
 
 from bot import texts
 from bot.service import Asker, Session, TriageService
 from skingpt.errors import ImageRejected
-from skingpt.i18n import NATIVE_NAMES, SUPPORTED, gettext_for, negotiate
+from skingpt.i18n import N_, NATIVE_NAMES, SUPPORTED, gettext_for, negotiate
 from skingpt.referral import referral_text
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_LIMIT_BYTES = 20 * 1024 * 1024
 MAX_QUESTION_CHARS = 2000
+
+NOT_ALLOWED = N_(
+    "Sorry, this service is open only to the people it was set up for, and it has not kept "
+    "anything you sent. Please ask the clinic or health worker who runs it for help."
+)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -80,10 +85,14 @@ async def mode(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def new_case(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Close the open case, so that the next photo starts a new one."""
+    """Close the open case, so that the next photo starts a new one, and cancel the answers
+    still coming for it."""
     session = await _session(update, context)
-    closed = await asyncio.to_thread(_service(context).store.close_case, session.conv)
-    await _reply(update, session._(texts.NEW_CASE if closed else texts.NO_OPEN_CASE))
+    closed, cancelled = await _service(context).new_case(session, _message(update).chat.id)
+    if cancelled:
+        await _reply(update, session._(texts.NEW_CASE_CANCELLED))
+    else:
+        await _reply(update, session._(texts.NEW_CASE if closed else texts.NO_OPEN_CASE))
 
 
 async def referral(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -133,27 +142,57 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if case is None:
         await _reply(update, session._(texts.SEND_PHOTO_FIRST))
         return
-    question = (message.text or "").strip()[:MAX_QUESTION_CHARS]
+    question = (message.text or "").strip()
     if not question:
         await _reply(update, session._(texts.WRITE_A_QUESTION))
+        return
+    if len(question) > MAX_QUESTION_CHARS:
+        # Cutting it would drop what the person asked without their knowing: ask again instead.
+        too_long = session._(texts.TEXT_TOO_LONG)
+        await _reply(update, too_long.format(length=len(question), limit=MAX_QUESTION_CHARS))
         return
     await service.ask(_asker(update), session, case, question)
 
 
 async def edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Ask for a new message instead of an edit."""
+    """Ask for a new message instead of an edit (an edited channel post gets no reply: it
+    would go out to everyone reading the channel)."""
+    if _message(update).chat.type == ChatType.CHANNEL:
+        return
     session = await _session(update, context)
     await _reply(update, session._(texts.EDITED))
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Say what the bot can read (a command meant for another bot in a group gets no reply)."""
+    if filters.StatusUpdate.ALL.check_update(update):
+        return  # someone joined, left, renamed the group...: nobody asked the bot anything
     command = (_message(update).text or "").split(maxsplit=1)[0] if _message(update).text else ""
     addressee = command.partition("@")[2]
     if command.startswith("/") and addressee and addressee.lower() != context.bot.username.lower():
         return
     session = await _session(update, context)
     await _reply(update, session._(texts.UNSUPPORTED))
+
+
+# --- access ----------------------------------------------------------------------------------
+
+
+async def outsider(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Refuse anyone not in SKINGPT_ALLOWED_USERS before any other handler stores a thing."""
+    allowed = _service(context).settings.allowed_users
+    user = update.effective_user
+    if not allowed or (user is not None and user.id in allowed):
+        return
+    if user is not None:
+        logger.info("Refused an update from someone not on the allow-list")
+        refusal = gettext_for(negotiate(user.language_code))(NOT_ALLOWED)
+        with contextlib.suppress(TelegramError):
+            if update.callback_query is not None:
+                await update.callback_query.answer(refusal, show_alert=True)
+            elif update.message is not None:
+                await update.message.reply_text(refusal)
+    raise ApplicationHandlerStop
 
 
 # --- buttons ---------------------------------------------------------------------------------
@@ -251,6 +290,15 @@ async def _analyse_upload(
         return
     if size is not None and size > DOWNLOAD_LIMIT_BYTES:
         await _reply(update, _(texts.FILE_TOO_BIG))
+        return
+    # Refuse before downloading and decoding: a flood of photos would otherwise cost the bot
+    # time on each. An album is checked once, when it is complete.
+    if message.media_group_id is None and not await service.room_for_a_job(
+        _asker(update), session
+    ):
+        return
+    if not await service.room_for_photos():
+        await _reply(update, _(texts.STORE_FULL))
         return
     try:
         telegram_file = await context.bot.get_file(file_id)

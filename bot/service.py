@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,15 @@ from worker.queues import JobQueue
 logger = logging.getLogger(__name__)
 
 TYPING_EVERY_SECONDS = 4.5
+MEMORY_CHECK_SECONDS = 5.0
+# "typing…" and the checks behind status messages stay within these rates in all, however many
+# people wait: their work grows with the queue, and unbounded it took the bot's time (and
+# Telegram's overall message limit) from sending answers just when the queue was long.
+TYPING_PER_SECOND = 5.0
+STATUS_CHECKS_PER_SECOND = 5.0
+# How often, and how far down, status messages' estimates read the queue (see _read_line).
+LINE_READ_EVERY_SECONDS = 1.0
+LINE_LOOKED_AT = 2000
 
 
 @dataclass(frozen=True)
@@ -120,11 +130,23 @@ class TypingIndicator:
                     await self._bot.send_chat_action(chat_id, ChatAction.TYPING)
                 except TelegramError as error:
                     logger.debug("Could not show typing: %s", type(error).__name__)
-                await asyncio.sleep(TYPING_EVERY_SECONDS)
+                await asyncio.sleep(
+                    max(TYPING_EVERY_SECONDS, len(self._tasks) / TYPING_PER_SECOND)
+                )
         finally:
             if self._tasks.get(chat_id) is asyncio.current_task():
                 self._tasks.pop(chat_id, None)
                 self._pending.pop(chat_id, None)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """The job queue as every status message's estimate sees it, read once for all of them."""
+
+    medians: dict[str, float]  # recent median service time per job kind, in seconds
+    workers: int  # workers busy now, at least 1
+    kinds: list[str]  # the kinds of the jobs in line, first in line first
+    read_at: float  # time.monotonic()
 
 
 class StatusMessages:
@@ -140,6 +162,8 @@ class StatusMessages:
         self._interval = settings.status_interval_seconds
         self._max_age = float(settings.visibility_timeout)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._line: _Line | None = None
+        self._line_lock = threading.Lock()
 
     async def show(self, asker: Asker, job_id: str, language: str, *, always: bool) -> None:
         """Post the job's status (only when it has to wait, unless ``always``) and follow it."""
@@ -149,11 +173,7 @@ class StatusMessages:
         place = await asyncio.to_thread(self._store.place_in_line, job_id, max_age=self._max_age)
         if not always and (place or 0) <= 1:
             return
-        reply = (
-            ReplyParameters(asker.message_id, allow_sending_without_reply=True)
-            if asker.message_id
-            else None
-        )
+        reply = reply_to(asker.message_id)
         try:
             message = await self._bot.send_message(asker.chat_id, text, reply_parameters=reply)
         except TelegramError as error:
@@ -191,17 +211,34 @@ class StatusMessages:
     def estimate(self, job_id: str, place: int) -> float | None:
         """Seconds until the job's answer: the recent median service time of each job in line
         up to this one, shared among the workers busy now; None before any job finished."""
-        medians = {}
-        for kind in (ANALYSIS, FOLLOWUP):
-            recent = self._store.recent_seconds(kind)
-            if recent:
-                medians[kind] = statistics.median(recent)
-        if not medians:
+        line = self._read_line()
+        if not line.medians:
             return None
-        fallback = max(medians.values())
-        workers = max(1, self._store.running_jobs())
-        kinds = self._store.kinds_in_line(place)
-        return sum(medians.get(kind, fallback) for kind in kinds) / workers
+        fallback = max(line.medians.values())
+        ahead = line.kinds[:place]
+        # Jobs that joined after the line was read stand behind the ones it holds; their kind
+        # is not known, so they count as the slower kind.
+        seconds = sum(line.medians.get(kind, fallback) for kind in ahead)
+        return (seconds + fallback * (place - len(ahead))) / line.workers
+
+    def _read_line(self) -> _Line:
+        """The queue's service times, busy workers and kinds, read at most every
+        ``LINE_READ_EVERY_SECONDS`` and shared: read by each status message on its own, the
+        Redis work grows with the square of the queue (each job looks at every job ahead of
+        it) and, with hundreds of people waiting, slows the bot for everyone."""
+        with self._line_lock:
+            now = time.monotonic()
+            if self._line is not None and now - self._line.read_at < LINE_READ_EVERY_SECONDS:
+                return self._line
+            medians = {}
+            for kind in (ANALYSIS, FOLLOWUP):
+                recent = self._store.recent_seconds(kind)
+                if recent:
+                    medians[kind] = statistics.median(recent)
+            workers = max(1, self._store.running_jobs())
+            kinds = self._store.kinds_in_line(LINE_LOOKED_AT)
+            self._line = _Line(medians, workers, kinds, now)
+            return self._line
 
     async def finish(self, job_id: str, chat_id: int, message_id: int | None) -> None:
         """Stop following a job and delete its status message."""
@@ -220,7 +257,9 @@ class StatusMessages:
     async def _follow(self, message: Message, job_id: str, language: str, shown: str) -> None:
         try:
             while True:
-                await asyncio.sleep(self._interval)
+                await asyncio.sleep(
+                    max(self._interval, len(self._tasks) / STATUS_CHECKS_PER_SECOND)
+                )
                 text = await asyncio.to_thread(self.describe, job_id, language)
                 if text is None:
                     if await asyncio.to_thread(self._store.load_job, job_id) is None:
@@ -250,6 +289,7 @@ class TriageService:
         self.status: StatusMessages | None = None
         self._bot: Bot | None = None
         self._albums: dict[tuple[str, str], _Album] = {}
+        self._memory_checked = (float("-inf"), True)
 
     def bind(self, bot: Bot) -> None:
         """Attach the running bot (for "typing…" and status messages)."""
@@ -283,8 +323,9 @@ class TriageService:
 
     def prepare_photo(self, data: bytes) -> Photo:
         """Decode, normalise and check an upload (raises ImageRejected for unusable files)."""
-        image = load_image(data, max_pixels=self.settings.max_image_pixels)
-        image = normalise(image, max_side=self.settings.stored_image_side)
+        side = self.settings.stored_image_side
+        image = load_image(data, max_pixels=self.settings.max_image_pixels, max_side=side)
+        image = normalise(image, max_side=side)
         return Photo(encode_png(image), assess(image))
 
     # --- photos ---------------------------------------------------------------------------
@@ -320,6 +361,10 @@ class TriageService:
     ) -> None:
         _ = session._
         if not await self.room_for_a_job(asker, session):
+            return
+        if not await self.room_for_photos():
+            logger.warning("A photo was refused: Redis is over the memory budget for photos")
+            await self._say(asker, _(texts.STORE_FULL))
             return
         if len(photos) > 1:
             await self._say(asker, _(texts.ALBUM_RECEIVED).format(count=len(photos)))
@@ -416,6 +461,20 @@ class TriageService:
         await self._say(asker, session._(texts.TOO_MANY_WAITING).format(count=waiting))
         return False
 
+    async def room_for_photos(self) -> bool:
+        """False when Redis holds more than the memory budget for photos and conversations.
+
+        The budget is ``SKINGPT_STORE_MEMORY_BUDGET_MB``, or 80% of Redis's ``maxmemory``: the
+        rest stays free for the job queue, so the broker, which must never evict, never runs
+        out of memory because of photos. Read at most every few seconds.
+        """
+        now = time.monotonic()
+        if now - self._memory_checked[0] > MEMORY_CHECK_SECONDS:
+            used, limit = await asyncio.to_thread(self.store.memory_use)
+            budget = self.settings.store_memory_budget_mb * 1024 * 1024 or int(limit * 0.8)
+            self._memory_checked = (now, not budget or used < budget)
+        return self._memory_checked[1]
+
     async def create_job(
         self, asker: Asker, session: Session, case: str, question: str, *, kind: str
     ) -> str:
@@ -471,14 +530,31 @@ class TriageService:
     async def forget(self, session: Session, chat_id: int) -> int:
         """Delete everything stored about the asker in this chat; returns the keys deleted."""
         deleted = await asyncio.to_thread(self.store.forget, session.conv)
+        self._drop_pending(session.conv, chat_id)
+        logger.info("Forgot %s: %d keys deleted", session.conv[:8], deleted)
+        return deleted
+
+    async def new_case(self, session: Session, chat_id: int) -> tuple[bool, int]:
+        """Close the open case and cancel the answers still coming for it.
+
+        Returns whether a case was open and how many jobs were cancelled: the person asked to
+        start again, so an answer about the old photo arriving later would only confuse.
+        """
+        cancelled = await asyncio.to_thread(self.store.cancel_jobs, session.conv)
+        closed = await asyncio.to_thread(self.store.close_case, session.conv)
+        if cancelled:
+            self._drop_pending(session.conv, chat_id)
+            logger.info("New case for %s: %d jobs cancelled", session.conv[:8], cancelled)
+        return closed, cancelled
+
+    def _drop_pending(self, conv: str, chat_id: int) -> None:
+        """Stop "typing…" in the chat and drop the pair's albums still being collected."""
         if self.typing is not None:
             self.typing.stop_chat(chat_id)
-        for key in [key for key in self._albums if key[0] == session.conv]:
+        for key in [key for key in self._albums if key[0] == conv]:
             album = self._albums.pop(key)
             if album.timer is not None:
                 album.timer.cancel()
-        logger.info("Forgot %s: %d keys deleted", session.conv[:8], deleted)
-        return deleted
 
     async def _say(
         self, asker: Asker, text: str, buttons: list[list[tuple[str, str]]] | None = None
@@ -487,14 +563,18 @@ class TriageService:
         person's message, so that in a group it is clear whose photo it is about."""
         assert self._bot is not None, "bind() the running bot first"
         markup = _keyboard(buttons) if buttons else None
-        reply = (
-            ReplyParameters(asker.message_id, allow_sending_without_reply=True)
-            if asker.message_id
-            else None
-        )
+        reply = reply_to(asker.message_id)
         await self._bot.send_message(
             asker.chat_id, text, reply_markup=markup, reply_parameters=reply
         )
+
+
+def reply_to(message_id: int | None) -> ReplyParameters | None:
+    """Answer as a reply to ``message_id`` (so a group sees whose photo it is about), and
+    still answer when that message was deleted meanwhile."""
+    if message_id is None:
+        return None
+    return ReplyParameters(message_id, allow_sending_without_reply=True)
 
 
 def _keyboard(rows: list[list[tuple[str, str]]]) -> InlineKeyboardMarkup:

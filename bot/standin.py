@@ -569,6 +569,24 @@ class _Chat:
 
 
 @dataclass(frozen=True)
+class SentMessage:
+    """A message the bot sent, and when the stand-in recorded it.
+
+    Attributes:
+        position: Its place among all the bot's messages to every chat, counting from 1.
+        chat_id: The chat it went to.
+        message: The Message dict as it is now (after any edits).
+        received: ``time.monotonic()`` when the stand-in recorded it, so that a test can tell
+            how long an answer took from the moment its question was sent.
+    """
+
+    position: int
+    chat_id: int
+    message: JsonDict
+    received: float
+
+
+@dataclass(frozen=True)
 class _Fault:
     error_code: int
     description: str
@@ -803,6 +821,9 @@ class BotAPIStandIn:
         self._calls: list[tuple[str, JsonDict]] = []
         self._record_polls = record_polls
         self._faults: dict[str, deque[_Fault]] = {}
+        self._delays: dict[str, deque[float]] = {}
+        # (chat id, message id, time.monotonic()) of every bot message, in the order received.
+        self._sent: list[tuple[int, int, float]] = []
         self._methods: dict[str, tuple[str, Callable[[JsonDict], Any]]] = {
             name.lower(): (name, handler) for name, handler in self._method_table()
         }
@@ -1069,6 +1090,29 @@ class BotAPIStandIn:
             )
         return messages
 
+    def sent(self, after: int = 0, *, timeout: float = 0.0) -> list[SentMessage]:
+        """Messages the bot sent to any chat, in the order the stand-in received them.
+
+        One call covers every chat, so a test that follows hundreds of users reads only what is
+        new instead of polling each chat, and learns when each message arrived.
+
+        Args:
+            after: How many of them the caller has seen already (the last ``position`` it
+                read); only later ones are returned.
+            timeout: Seconds to wait for at least one new message; 0 returns at once.
+
+        Returns:
+            Copies of the new messages, oldest first; empty when none came in time.
+        """
+        with self._cond:
+            self._cond.wait_for(
+                lambda: len(self._sent) > after or self._closing.is_set(), max(timeout, 0.0)
+            )
+            return [
+                SentMessage(position, chat_id, copy.deepcopy(self._chats[chat_id].log[id_]), at)
+                for position, (chat_id, id_, at) in enumerate(self._sent[after:], after + 1)
+            ]
+
     def calls(self, method: str | None = None) -> list[tuple[str, JsonDict]]:
         """API calls the bot made, oldest first, as (method name, parsed parameters).
 
@@ -1114,6 +1158,28 @@ class BotAPIStandIn:
         with self._cond:
             faults = self._faults.setdefault(key, deque())
             faults.extend([_Fault(error_code, description, retry_after)] * count)
+
+    def delay_next(self, method: str, seconds: float, count: int = 1) -> None:
+        """Makes the next `count` calls of `method` take effect at once but answer `seconds` late.
+
+        A client whose read timeout is shorter gives up on a call that Telegram did apply, which
+        is how a slow network looks from the bot: a retry would send the message twice.
+
+        Args:
+            method: Bot API method name (case-insensitive).
+            seconds: How long each answer waits.
+            count: How many consecutive calls are slow.
+
+        Raises:
+            ValueError: For a method the stand-in does not serve, a bad delay or count.
+        """
+        key = method.lower()
+        if key not in self._methods:
+            raise ValueError(f"the stand-in does not serve {method!r}")
+        if not 0 < seconds <= 300 or count < 1:
+            raise ValueError("seconds must be more than 0 and at most 300, count at least 1")
+        with self._cond:
+            self._delays.setdefault(key, deque()).extend([seconds] * count)
 
     # --- state helpers (callers hold the lock unless noted) ----------------------------------
 
@@ -1264,6 +1330,11 @@ class BotAPIStandIn:
             if faults:
                 raise faults.popleft().error()
             result = handler(params)
+            delays = self._delays.get(name.lower())
+            delay = delays.popleft() if delays else 0.0
+        if delay:
+            # The call took effect; only its answer is late (and ends early if the stand-in stops).
+            self._closing.wait(delay)
         return _json_response(200, {"ok": True, "result": result})
 
     def _file_response(self, rest: str) -> _Response:
@@ -1443,6 +1514,7 @@ class BotAPIStandIn:
             message["reply_markup"] = markup
         chat.log[message["message_id"]] = message
         chat.bot_message_ids.append(message["message_id"])
+        self._sent.append((chat.info["id"], message["message_id"], time.monotonic()))
         self._cond.notify_all()
         return copy.deepcopy(message)
 

@@ -78,6 +78,14 @@ MODE_HEALTH_WORKER = N_(
 )
 
 NEW_CASE = N_("OK. Your next photo starts a new case.")
+STORE_FULL = N_(
+    "I cannot take new photos right now: the service is full. Answers to photos you already sent "
+    "still come. Please try again in an hour."
+)
+NEW_CASE_CANCELLED = N_(
+    "OK. Your next photo starts a new case. The answer I was still preparing about the previous "
+    "photo is cancelled."
+)
 NO_OPEN_CASE = N_("There is no open case. Send a photo to start one.")
 
 SAME_PROBLEM = N_(
@@ -127,6 +135,11 @@ QUALITY_OUTRO = N_(
 )
 
 WRITE_A_QUESTION = N_("Please write your question about the photo in words.")
+
+TEXT_TOO_LONG = N_(
+    "Your message is too long for me ({length} characters). Please ask your question again in "
+    "at most {limit} characters."
+)
 
 EDITED = N_("I do not read edited messages. Please send your question again as a new message.")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from telegram import Update
@@ -20,7 +21,13 @@ logger = logging.getLogger(__name__)
 
 
 class TolerantUpdatesRequest(HTTPXRequest):
-    """The HTTP client for ``getUpdates`` that drops updates the library cannot read."""
+    """The HTTP client for ``getUpdates`` that drops updates the library cannot read.
+
+    It also remembers when Telegram last answered a poll (``last_answer``, Unix time, None
+    before the first), which the health check reads.
+    """
+
+    last_answer: float | None = None
 
     async def do_request(
         self, url: str, method: str, *args: Any, **kwargs: Any
@@ -28,6 +35,7 @@ class TolerantUpdatesRequest(HTTPXRequest):
         status, payload = await super().do_request(url, method, *args, **kwargs)
         if status != 200 or not url.endswith("/getUpdates"):
             return status, payload
+        self.last_answer = time.time()
         return status, readable_updates(payload)
 
 

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from skingpt.errors import ConfigError, ImageRejected, ModelUnavailable
 from skingpt.settings import Settings
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(None, **_overrides(args))
-        quiet = args.command in {"ask", "weights", "key"}
+        quiet = args.command in {"ask", "weights", "key", "health"}
         _configure_logging(args.log_level or ("WARNING" if quiet else settings.log_level))
         return int(args.run(settings, args))
     except (ConfigError, ModelUnavailable) as error:
@@ -87,6 +87,23 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the untrained tiny-random model (only for tests and demonstrations)",
     )
     run.set_defaults(run=run_offline)
+
+    health = commands.add_parser(
+        "health",
+        help="check that the bot or the workers of this host are alive, have their model and "
+        "still consume jobs (exit status 0 only when they do)",
+    )
+    health.add_argument("role", choices=("bot", "worker"))
+    health.add_argument(
+        "--host", help="the host whose processes to check (default: this one; '*' for all)"
+    )
+    health.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=60.0,
+        help="a job waiting this long while a worker sits idle fails the check (default 60)",
+    )
+    health.set_defaults(run=run_health)
 
     key = commands.add_parser("key", help="print a new key for SKINGPT_ENCRYPTION_KEY")
     key.set_defaults(run=run_key)
@@ -259,6 +276,25 @@ def run_ask(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_health(settings: Settings, args: argparse.Namespace) -> int:
+    """Print each health check of the role's processes on one host; 0 when all pass."""
+    import socket
+
+    from skingpt.health import check
+
+    host = args.host or socket.gethostname()
+    verdicts = check(
+        _store(settings),
+        args.role,
+        host=None if host == "*" else host,
+        time_limit=settings.task_time_limit,
+        stall_seconds=args.stall_seconds,
+    )
+    for verdict in verdicts:
+        print(f"{args.role} {verdict.name}: {'ok' if verdict.ok else 'FAIL'} ({verdict.detail})")
+    return 0 if all(verdict.ok for verdict in verdicts) else 1
+
+
 def run_key(settings: Settings, args: argparse.Namespace) -> int:
     """Print a new random key for encrypting photos at rest."""
     from cryptography.fernet import Fernet
@@ -316,7 +352,8 @@ def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_bot(settings: Settings, args: argparse.Namespace) -> int:
-    """Serve Telegram users by long polling; answers come from the workers through Redis."""
+    """Serve Telegram users by long polling, or through a webhook when SKINGPT_WEBHOOK_URL is
+    set; answers come from the workers through Redis."""
     # Opt in to python-telegram-bot's coming timedelta durations (silences a warning per 429).
     os.environ.setdefault("PTB_TIMEDELTA", "1")
     from telegram import Update
@@ -327,10 +364,16 @@ def run_bot(settings: Settings, args: argparse.Namespace) -> int:
 
     _refuse_test_model(settings)
     store = _store(settings)
+    _check_redis_keeps_jobs(store)
     jobs = CeleryQueue(create_celery(settings), settings.queue)
     application = build_application(settings, store, jobs)
     logger.info("Bot starting; model %s, Redis %s", settings.model, _redacted(settings.redis_url))
-    application.run_polling(allowed_updates=Update.ALL_TYPES)
+    if settings.webhook_url:
+        from bot.webhook import run_webhook
+
+        run_webhook(application, settings, store.client)
+    else:
+        application.run_polling(allowed_updates=Update.ALL_TYPES)
     return 0
 
 
@@ -434,7 +477,9 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     if settings.is_test_model:
         logger.warning("This worker runs tiny-random, an untrained test model")
     app = create_celery(settings)
-    register_tasks(app, settings, _store(settings))
+    store = _store(settings)
+    _check_redis_keeps_jobs(store)
+    register_tasks(app, settings, store)
     app.worker_main(
         [
             "worker",
@@ -501,12 +546,41 @@ def _store(settings: Settings) -> Store:
     )
     try:
         store.client.ping()
+    except redis.AuthenticationError:
+        raise ConfigError(
+            f"Redis at {_redacted(settings.redis_url)} refused the password in "
+            "SKINGPT_REDIS_URL (or needs one). Put the right one in that URL: "
+            "redis://:PASSWORD@host:port/0."
+        ) from None
     except redis.RedisError as error:
         raise ConfigError(
             f"Redis at {_redacted(settings.redis_url)} does not answer ({error}). Start it, or "
             "set SKINGPT_REDIS_URL."
         ) from None
     return store
+
+
+def _check_redis_keeps_jobs(store: Store) -> None:
+    """Refuse a Redis that evicts keys (it would drop queued jobs and answers without a word);
+    warn when it keeps nothing across a restart. Servers that forbid CONFIG are trusted."""
+    import redis
+
+    try:
+        config: Any = store.client.config_get("maxmemory-policy", "appendonly", "save")
+    except redis.RedisError:
+        logger.info("Redis does not show its configuration; eviction and persistence unchecked")
+        return
+    policy = str(config.get("maxmemory-policy", "noeviction"))
+    if policy != "noeviction":
+        raise ConfigError(
+            f"Redis evicts keys when full (maxmemory-policy {policy}), which would silently drop "
+            "queued jobs and answers. Set maxmemory-policy noeviction on the Redis server."
+        )
+    if config.get("appendonly") != "yes" and not config.get("save"):
+        logger.warning(
+            "Redis keeps nothing on disk (appendonly no, no save points): a Redis restart loses "
+            "every queued job. Turn on appendonly for production."
+        )
 
 
 def _redacted(url: str) -> str:

@@ -26,6 +26,7 @@ from skingpt.safety import (
     Abstention,
     judge_answer,
     remove_dosing,
+    remove_prompt_echo,
     remove_role_claims,
     special_populations,
 )
@@ -152,6 +153,7 @@ def compose(
         kept, claimed = remove_role_claims(kept)
         if claimed:
             claims_removed.append(key)
+        kept = remove_prompt_echo(kept)[0]
         return kept.strip()
 
     body: list[Block] = []

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from skingpt import prompts
 from skingpt.redflags import (
     DEFAULT_LANGUAGE,
     LANGUAGES,
@@ -94,6 +95,43 @@ def remove_role_claims(text: str) -> tuple[str, bool]:
     if removed:
         logger.info("Removed %d sentence(s) claiming a clinician's role", removed)
     return kept, bool(removed)
+
+
+def remove_prompt_echo(text: str) -> tuple[str, bool]:
+    """`text` without any sentence that repeats the model's instructions: the template's markers
+    (``<Img>``, ``ImageContent``, ``###Human:``) or eight or more words in a row of the system
+    line. A person who asks the model to print its prompt gets the answer without it; True when
+    something was removed."""
+    kept, removed = _drop_sentences(text, _echoes_prompt)
+    if removed:
+        logger.info("Removed %d sentence(s) repeating the model's instructions", removed)
+    return kept, bool(removed)
+
+
+_TEMPLATE_MARKERS = re.compile(
+    r"<\s*/?\s*img\s*>|imagecontent|<\s*imagehere\s*>|#{2,}\s*(human|assistant)\b"
+    r"|\b(human|assistant)\s*:",
+    re.IGNORECASE,
+)
+_ECHO_WORDS = 8
+
+
+@functools.cache
+def _system_runs() -> frozenset[tuple[str, ...]]:
+    words = re.findall(r"\w+", prompts.SYSTEM.lower())
+    return frozenset(
+        tuple(words[i : i + _ECHO_WORDS]) for i in range(len(words) - _ECHO_WORDS + 1)
+    )
+
+
+def _echoes_prompt(sentence: str) -> bool:
+    if _TEMPLATE_MARKERS.search(sentence):
+        return True
+    words = re.findall(r"\w+", sentence.lower())
+    runs = _system_runs()
+    return any(
+        tuple(words[i : i + _ECHO_WORDS]) in runs for i in range(len(words) - _ECHO_WORDS + 1)
+    )
 
 
 def _claims_a_role(sentence: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ _DTYPES = ("auto", "fp32", "bf16", "fp16")
 _DEVICES = ("auto", "cpu", "cuda")
 _QUANTIZE = ("none", "8bit", "4bit")
 _BACKENDS = ("auto", "skingpt4", "transformers")
+# What Telegram accepts as a webhook's secret_token.
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Settings:
     max_queue_wait_seconds: int = 1800
     encryption_key: str | None = field(default=None, repr=False)
     max_jobs_per_user: int = 3
+    store_memory_budget_mb: int = 0
     album_wait_seconds: float = 2.0
     status_interval_seconds: float = 5.0
 
@@ -88,6 +92,11 @@ class Settings:
     global_messages_per_second: float = 25.0
     chat_messages_per_second: float = 1.0
     group_messages_per_minute: float = 18.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 8443
+    allowed_users: tuple[int, ...] = ()
 
     log_level: str = "INFO"
 
@@ -124,6 +133,10 @@ class Settings:
             _check_fernet_key(self.encryption_key)
         if self.max_jobs_per_user < 1:
             raise ConfigError("SKINGPT_MAX_JOBS_PER_USER must be at least 1.")
+        if self.store_memory_budget_mb < 0:
+            raise ConfigError(
+                "SKINGPT_STORE_MEMORY_BUDGET_MB must be 0 (80% of Redis's maxmemory) or more."
+            )
         if not 0 < self.album_wait_seconds <= 30:
             raise ConfigError("SKINGPT_ALBUM_WAIT_SECONDS must be more than 0 and at most 30.")
         if self.status_interval_seconds < 3:
@@ -146,6 +159,9 @@ class Settings:
                 f"({self.task_time_limit + self.max_queue_wait_seconds} s), or Redis hands a "
                 "job still waiting or running to a second worker. Raise the visibility timeout."
             )
+
+        if self.webhook_url or self.webhook_secret:
+            _check_webhook(self.webhook_url, self.webhook_secret, self.webhook_port)
 
     @property
     def is_test_model(self) -> bool:
@@ -192,6 +208,25 @@ def _check_fernet_key(key: str) -> None:
         ) from None
 
 
+def _check_webhook(url: str | None, secret: str | None, port: int) -> None:
+    if not url:
+        raise ConfigError(
+            "SKINGPT_WEBHOOK_SECRET is set but SKINGPT_WEBHOOK_URL is not: set both for webhook "
+            "mode, or neither to poll Telegram."
+        )
+    if not url.startswith("https://"):
+        raise ConfigError(
+            "SKINGPT_WEBHOOK_URL must be the public https:// address Telegram posts updates to."
+        )
+    if not secret or not _WEBHOOK_SECRET.fullmatch(secret):
+        raise ConfigError(
+            "Webhook mode needs SKINGPT_WEBHOOK_SECRET: 1 to 256 characters of A-Z, a-z, 0-9, "
+            "_ and -. Make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if not 1 <= port <= 65535:
+        raise ConfigError("SKINGPT_WEBHOOK_PORT must be between 1 and 65535.")
+
+
 def _parse(name: str, raw: str, annotation: object) -> object:
     kind = str(annotation)
     env_name = "SKINGPT_" + name.upper()
@@ -207,6 +242,15 @@ def _parse(name: str, raw: str, annotation: object) -> object:
             return int(raw)
         if kind.startswith("float"):
             return float(raw)
+        if kind.startswith("tuple[int"):
+            numbers = tuple(int(part) for part in raw.split(",") if part.strip())
+            if not numbers:
+                raise ValueError(raw)
+            return numbers
     except ValueError:
+        if kind.startswith("tuple[int"):
+            raise ConfigError(
+                f"{env_name} must be Telegram user ids separated by commas, e.g. 12345,67890."
+            ) from None
         raise ConfigError(f"{env_name}={raw!r} is not a valid {kind.split(' ')[0]}.") from None
     return raw

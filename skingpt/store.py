@@ -98,6 +98,24 @@ for i = 2, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
 return deleted + redis.call('DEL', KEYS[1])
 """
 
+# Cancels the pair's jobs not yet answered to the person (waiting, running or answered but not
+# sent): deletes them, so a worker running one neither records its answer nor queues a reply,
+# takes them out of the queue, and frees the pair's turn.
+_CANCEL = """
+local cancelled = 0
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local job = string.match(key, ':job:(%x+)$')
+  if job and redis.call('HGET', key, 'delivered') ~= '1' and redis.call('EXISTS', key) == 1 then
+    redis.call('ZREM', ARGV[1], job)
+    redis.call('DEL', key)
+    redis.call('SREM', KEYS[1], key)
+    cancelled = cancelled + 1
+  end
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+return cancelled
+"""
+
 # Hands over the photos held for one pair, once, and only to that pair; remembers for a while
 # that they were taken, so the same person's second tap can be told apart from an expired one.
 _TAKE_PHOTOS = """
@@ -237,6 +255,7 @@ class Store:
         self._release = client.register_script(_RELEASE)
         self._mark_running = client.register_script(_MARK_RUNNING)
         self._forget = client.register_script(_FORGET)
+        self._cancel = client.register_script(_CANCEL)
         self._update_job = client.register_script(_UPDATE_JOB)
         self._take_photos = client.register_script(_TAKE_PHOTOS)
 
@@ -378,6 +397,18 @@ class Store:
     def close_case(self, conv: str) -> bool:
         """Leave the open case, so the next photo starts a new one; False if none was open."""
         return bool(self.client.hdel(self.key("conv", conv), "case"))
+
+    def cancel_jobs(self, conv: str) -> int:
+        """Cancel the pair's jobs whose answer the person has not received; returns how many.
+
+        A worker running one of them finds it gone: nothing is recorded and no reply is sent.
+        """
+        keys = [
+            self.key("conv", conv, "keys"),
+            self.key("conv", conv, "inflight"),
+            self.key("conv", conv, "waiting"),
+        ]
+        return int(self._cancel(keys=keys, args=[self.key("queue")]))
 
     def forget(self, conv: str) -> int:
         """Delete every photo, question, answer and job of one pair; returns the keys deleted."""
@@ -546,6 +577,25 @@ class Store:
                 pipe.hget(self.key("job", _text(job_id)), "kind")
             kinds = pipe.execute()
         return [_text(kind) if kind else "followup" for kind in kinds]
+
+    def memory_use(self) -> tuple[int, int]:
+        """Bytes Redis uses now, and its ``maxmemory`` (0 when it has no limit)."""
+        info: Any = self.client.info("memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+
+    def oldest_waiting(self, *, look_at: int = 32) -> float | None:
+        """When the longest-waiting job not yet running was queued; None when none waits."""
+        entries: Any = self.client.zrange(self.key("queue"), 0, look_at - 1, withscores=True)
+        if not entries:
+            return None
+        with self.client.pipeline() as pipe:
+            for job_id, _score in entries:
+                pipe.hget(self.key("job", _text(job_id)), "status")
+            statuses = pipe.execute()
+        for (_job_id, score), status in zip(entries, statuses, strict=True):
+            if status == b"queued":
+                return float(score)
+        return None
 
     def recent_seconds(self, kind: str) -> list[float]:
         """Service times of the latest jobs of one kind, newest first."""

@@ -8,12 +8,16 @@ worker stops after ``max_deliveries`` attempts.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import redis
 
 from skingpt.errors import ConfigError, ModelUnavailable
 from skingpt.imaging import decode_stored
@@ -50,6 +54,13 @@ class ModelHolder:
         """
         self._stop_worker_on_failure = stop_worker_on_failure
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+
+    @property
+    def state(self) -> str:
+        """``loading``, ``loaded`` or ``failed``, as the health check reports it."""
+        if not self._ready.is_set():
+            return "loading"
+        return "loaded" if self._analyzer is not None else "failed"
 
     def get(self, timeout: float | None) -> Analyzer | None:
         """The loaded model, or None while it is still loading after ``timeout`` seconds
@@ -93,6 +104,7 @@ class JobRunner:
         max_queue_wait: seconds a job may wait in the queue before it is answered, with an
             apology, without running.
         timeouts: exceptions that mean the job ran out of time (Celery's soft time limit).
+        store_wait: seconds to keep trying to save a job's end while Redis does not answer.
     """
 
     def __init__(
@@ -104,6 +116,7 @@ class JobRunner:
         model_wait: float,
         max_queue_wait: float = float("inf"),
         timeouts: tuple[type[BaseException], ...] = (),
+        store_wait: float = 60.0,
     ) -> None:
         self.store = store
         self.max_queue_wait = max_queue_wait
@@ -111,6 +124,7 @@ class JobRunner:
         self.max_deliveries = max_deliveries
         self.model_wait = model_wait
         self.timeouts = timeouts
+        self.store_wait = store_wait
 
     def run(self, job_id: str) -> str:
         """Answer one job and put the reply in the outbox; returns how it ended.
@@ -127,8 +141,10 @@ class JobRunner:
             logger.info("Job %s was already answered; not running it again", job_id)
             return "duplicate"
         waited = time.time() - (job.queued_at or time.time())
-        if waited > self.max_queue_wait:
+        if job.attempts == 0 and waited > self.max_queue_wait:
             # Answering now would be too late to be useful, and the queue is clearly too long.
+            # A job that already started passed this check; when its worker died, it comes back
+            # only after the visibility timeout (longer than this wait), and is answered then.
             logger.warning("Job %s waited %.0f s in the queue; not running it", job_id, waited)
             self.store.complete_job(job_id, Outcome.WAITED_TOO_LONG)
             return Outcome.WAITED_TOO_LONG.value
@@ -140,6 +156,7 @@ class JobRunner:
             logger.error("Job %s reached a worker %d times without finishing", job_id, attempts)
             self.store.complete_job(job_id, Outcome.FAILED)
             return Outcome.FAILED.value
+        out_of_memory = False
         try:
             return self._answer(job)
         except (ModelLoading, ModelUnavailable):
@@ -147,11 +164,21 @@ class JobRunner:
         except Exception as error:
             if isinstance(error, self.timeouts):
                 logger.warning("Job %s hit the time limit (attempt %d)", job_id, attempts)
-                self.store.complete_job(job_id, Outcome.TIMED_OUT)
+                self._save(job_id, Outcome.TIMED_OUT)
                 return Outcome.TIMED_OUT.value
-            logger.exception("Job %s failed (attempt %d)", job_id, attempts)
-            self.store.complete_job(job_id, Outcome.FAILED)
+            # Not retried: the same photo and history would fail the same way (a NaN in the
+            # logits, or a prompt too large for this GPU); the person gets an apology at once.
+            out_of_memory = _is_out_of_memory(error)
+            if out_of_memory:
+                logger.error("Job %s ran out of memory (attempt %d): %s", job_id, attempts, error)
+            else:
+                logger.exception("Job %s failed (attempt %d)", job_id, attempts)
+            self._save(job_id, Outcome.FAILED)
             return Outcome.FAILED.value
+        finally:
+            if out_of_memory:
+                # Only now, with the error and its frames gone, are the job's tensors free.
+                _free_memory(job_id)
 
     def fail(self, job_id: str, outcome: Outcome) -> bool:
         """Answer a job that cannot run with ``outcome``; False if it was answered before."""
@@ -173,10 +200,10 @@ class JobRunner:
             job.question,
             kind=job.kind,
             language=job.language,
-            on_step=lambda step, steps: self.store.set_step(job.job_id, step, steps),
+            on_step=lambda step, steps: self._show_step(job.job_id, step, steps),
         )
         outcome = Outcome.ANSWERED if any(analysis.answers.values()) else Outcome.EMPTY
-        self.store.complete_job(
+        self._save(
             job.job_id,
             outcome,
             analysis.answers,
@@ -186,3 +213,61 @@ class JobRunner:
             seconds=analysis.seconds,
         )
         return outcome.value
+
+    def _show_step(self, job_id: str, step: int, steps: int) -> None:
+        """Record the running step for the status message; without Redis the job goes on."""
+        try:
+            self.store.set_step(job_id, step, steps)
+        except redis.RedisError as error:
+            logger.warning("Job %s: step %d not recorded: %s", job_id, step, type(error).__name__)
+
+    def _save(self, job_id: str, outcome: Outcome, *args: Any, **fields: Any) -> bool:
+        """Record how the job ended and queue its reply (see :meth:`Store.complete_job`).
+
+        While Redis is restarting this waits for it, up to ``store_wait`` seconds: the answer
+        cost the model its time, and a job whose end is not recorded gets no reply until its
+        delivery times out, long after.
+        """
+        deadline = time.monotonic() + self.store_wait
+        pause = 0.25
+        while True:
+            try:
+                return self.store.complete_job(job_id, outcome, *args, **fields)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                if time.monotonic() + pause > deadline:
+                    raise
+                logger.warning(
+                    "Job %s: Redis did not answer (%s); saving again in %.1f s",
+                    job_id,
+                    type(error).__name__,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(2 * pause, 5.0)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether the model ran out of GPU (or host) memory; torch is never imported for this."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
+
+
+def _free_memory(job_id: str) -> None:
+    """Give back what the failed job held, so that the next job fits.
+
+    The caching allocator keeps freed blocks reserved; after an out-of-memory error they are
+    fragmented around the failed allocation, so they go back to the driver.
+    """
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        logger.warning(
+            "Job %s: freed cached GPU memory; %.0f MiB still reserved",
+            job_id,
+            torch.cuda.memory_reserved() / 2**20,
+        )
+    else:
+        logger.warning("Job %s: released the memory of the failed job", job_id)

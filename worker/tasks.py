@@ -13,9 +13,10 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from skingpt.errors import ModelUnavailable
+from skingpt.health import Heartbeat, JobActivity
 from skingpt.replies import Outcome
 from skingpt.settings import Settings
 from skingpt.store import Store
@@ -31,10 +32,22 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
     # Wait for a loading model only as long as the soft time limit allows; then come back later.
     model_wait = max(1.0, settings.task_soft_time_limit - 10.0)
 
+    activity = JobActivity()
+
+    heartbeats: list[Heartbeat] = []
+
     def load_in_child(**_: Any) -> None:
         holder.start_loading(stop_worker_on_failure=True)
+        beat = Heartbeat(store, "worker", lambda: {"model": holder.state, **activity.fields()})
+        heartbeats.append(beat.start())
+
+    def leave(**_: Any) -> None:
+        """A child that stops takes its beat with it, so health checks stop counting it."""
+        for beat in heartbeats:
+            beat.stop()
 
     worker_process_init.connect(load_in_child, weak=False)
+    worker_process_shutdown.connect(leave, weak=False)
 
     class AnswerTask(Task):  # type: ignore[misc]
         def on_failure(
@@ -58,6 +71,7 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
     @app.task(name=ANSWER_TASK, bind=True, base=AnswerTask, max_retries=5, shared=False)  # type: ignore[untyped-decorator]
     def answer_turn(self: Task, job_id: str) -> str:
         """Answer one queued job and put the reply in the outbox, whatever happens."""
+        activity.started()
         try:
             return runner.run(job_id)
         except ModelLoading as loading:
@@ -69,5 +83,7 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
                 return Outcome.FAILED.value
             logger.error("Job %s waits for a working model: %s", job_id, error)
             raise self.retry(countdown=30) from error
+        finally:
+            activity.finished()
 
     return holder

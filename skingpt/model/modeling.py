@@ -70,7 +70,7 @@ class SkinGPT:
         seed: int | None,
     ) -> Generated:
         """Answer ``question`` about ``image`` after the earlier turns."""
-        image_embeds = self.encode_image(pixel_values(image))[0]  # (32, hidden)
+        image_embeds = self.image_embeddings(image)
         prompt, dropped = self.fit_prompt(history, question, generation)
         inputs_embeds = self.embed_prompt(prompt, image_embeds)
         generated = self.generate(inputs_embeds, generation, seed=seed)
@@ -101,6 +101,10 @@ class SkinGPT:
     def device(self) -> torch.device:
         device: torch.device = self.model.language_projection.weight.device
         return device
+
+    def image_embeddings(self, image: Image.Image) -> torch.Tensor:
+        """The 32 image embeddings of one photo, (32, text hidden size), for the prompt."""
+        return self.encode_image(pixel_values(image))[0]
 
     @torch.inference_mode()
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:

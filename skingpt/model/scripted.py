@@ -27,11 +27,21 @@ a photo like none of them gets the script's ``[default]`` case. Layout::
     when = ["contagious", "catch"]  # lowercase keywords or stems, found anywhere in the question
     answer = "..."
     answers = { es = "..." }        # optional
+
+A case (or the default) may also carry, for fault-injection tests:
+
+    seconds_per_answer = 2.0        # this case's answers take longer (or shorter) than the rest
+    fault = "oom"                   # every answer about this photo fails instead:
+                                    #   "oom"  raises torch's CUDA out-of-memory error
+                                    #   "nan"  raises the RuntimeError sampling gives on NaN/inf
+                                    #   "exit" ends the process at once, as a crash in native code
+                                    #          would (in a Celery worker: the child dies mid-job)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import tomllib
@@ -66,7 +76,16 @@ _LANGUAGE_CODES = {name: code for code, name in prompts.LANGUAGE_NAMES.items()}
 _LANGUAGE_REQUEST = re.compile(r"\s*Please answer in ([A-Za-z]+)\.\s*$")
 _WORD = re.compile(r"\S+")
 _SCRIPT_KEYS = {"max_distance", "seconds_per_answer", "default", "cases"}
-_CASE_KEYS = {"name", "images", "answers", "followups", FOLLOWUP_DEFAULT}
+_CASE_KEYS = {
+    "name",
+    "images",
+    "answers",
+    "followups",
+    FOLLOWUP_DEFAULT,
+    "fault",
+    "seconds_per_answer",
+}
+FAULTS = ("oom", "nan", "exit")
 _FOLLOWUP_KEYS = {"when", "answer", "answers"}
 
 
@@ -116,6 +135,8 @@ class Case:
     answers: Mapping[str, Mapping[str, str]]  # language code -> answer key -> text
     followups: tuple[FollowUp, ...]
     fingerprints: tuple[int, ...] = ()
+    fault: str | None = None  # one of FAULTS: how every answer about this photo fails
+    seconds: float | None = None  # this case's own seconds_per_answer
 
     def respond(self, question: str) -> str:
         """The scripted answer to ``question``, in the language it asks for where written."""
@@ -184,15 +205,33 @@ class ScriptedVLM:
         self.vision_encoder_runs += 1
         case, away = self.match(image)
         logger.debug("Scripted case %s matched at distance %d", case.name, away)
+        if case.fault is not None:
+            _fail(case)
         text, words = _cap_words(case.respond(question), generation.max_new_tokens)
         # A real model takes seconds; queue and status behaviour are only visible if this does.
-        time.sleep(self.seconds_per_answer)
+        time.sleep(self.seconds_per_answer if case.seconds is None else case.seconds)
         return Generated(
             text=text,
             new_tokens=words,
             seconds=time.monotonic() - started,
             prompt_positions=len(prompts.build_prompt(history, question).split()),
         )
+
+
+def _fail(case: Case) -> None:
+    """Fail the way a real model fails, so that the code around it meets the real errors."""
+    # Tests count these lines to know how often the model ran on a faulty photo.
+    logger.info("Scripted fault %s in case %s", case.fault, case.name)
+    if case.fault == "exit":
+        logging.shutdown()
+        os._exit(1)
+    if case.fault == "oom":
+        import torch
+
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (scripted fault)"
+        )
+    raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
 
 
 def load_scripted(path: Path) -> ScriptedVLM:
@@ -256,11 +295,19 @@ def _read_case(path: Path, where: str, table: Any, *, with_images: bool) -> Case
     followups = table.get("followups", [])
     if not isinstance(followups, list):
         raise ConfigError(f"{path}: write the follow-ups of {where} as [[...followups]] tables.")
+    fault = table.get("fault")
+    if fault is not None and fault not in FAULTS:
+        raise ConfigError(f"{path}: the fault of {where} must be one of {', '.join(FAULTS)}.")
+    seconds = table.get("seconds_per_answer")
+    if seconds is not None and (not isinstance(seconds, int | float) or not 0 <= seconds <= 60):
+        raise ConfigError(f"{path}: seconds_per_answer of {where} must be a number from 0 to 60.")
     return Case(
         name=name,
         answers=answers,
         followups=tuple(_read_followup(path, where, entry) for entry in followups),
         fingerprints=fingerprints,
+        fault=fault,
+        seconds=None if seconds is None else float(seconds),
     )
 
 

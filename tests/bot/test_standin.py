@@ -195,6 +195,50 @@ def test_wait_for_messages_timeout_shows_what_arrived(api: BotAPIStandIn) -> Non
 
 
 @pytest.mark.timeout(10)
+def test_sent_lists_every_chat_in_arrival_order_with_receive_times(api: BotAPIStandIn) -> None:
+    other = USER + 1
+    api.send_text(USER, "hi")
+    api.send_text(other, "hello")
+    assert api.sent() == []
+    before = time.monotonic()
+
+    async def three(bot: Bot) -> None:
+        await bot.send_message(USER, "first")
+        await bot.send_message(other, "second")
+        edited = await bot.send_message(USER, "third")
+        await edited.edit_text("third, edited")
+
+    with_bot(api, three)
+    after = time.monotonic()
+
+    first, second, third = api.sent()
+    assert [m.position for m in (first, second, third)] == [1, 2, 3]
+    assert [m.chat_id for m in (first, second, third)] == [USER, other, USER]
+    assert [m.message["text"] for m in (first, second, third)] == [
+        "first",
+        "second",
+        "third, edited",
+    ]
+    assert before <= first.received <= second.received <= third.received <= after
+    assert [m.message["text"] for m in api.sent(after=2)] == ["third, edited"]
+    assert api.sent(after=3) == []
+
+
+@pytest.mark.timeout(10)
+def test_sent_waits_for_the_next_message_from_another_thread(api: BotAPIStandIn) -> None:
+    api.send_text(USER, "hi")
+    with_bot(api, lambda bot: bot.send_message(USER, "one"))
+    later = threading.Timer(0.2, lambda: with_bot(api, lambda bot: bot.send_message(USER, "two")))
+    later.start()
+
+    (waited,) = api.sent(after=1, timeout=5)
+    later.join()
+
+    assert waited.position == 2 and waited.message["text"] == "two"
+    assert api.sent(after=2, timeout=0.05) == []
+
+
+@pytest.mark.timeout(10)
 def test_send_message_unknown_chat_and_empty_text(api: BotAPIStandIn) -> None:
     api.send_text(USER, "hi")
 

@@ -162,3 +162,49 @@ def test_key_prints_a_key_the_settings_accept() -> None:
     assert Settings(encryption_key=key).encryption_key == key
     broken = _skingpt("ask", "x.jpg", env={"SKINGPT_ENCRYPTION_KEY": "not-a-key"})
     assert broken.returncode == 2 and "skingpt key" in broken.stderr
+
+
+def test_bot_and_worker_refuse_a_redis_that_evicts_keys(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import redis
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        env = {"SKINGPT_TELEGRAM_TOKEN": "1:x", "SKINGPT_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        for command in (["bot", "--allow-test-model"], ["worker"]):
+            result = _skingpt(*command, env=env)
+            assert result.returncode == 2, result.stderr
+            assert "maxmemory-policy allkeys-lru" in result.stderr
+            assert "Traceback" not in result.stderr
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -21,7 +21,7 @@ from skingpt.i18n import gettext_for
 from skingpt.prompts import DEFAULT_QUESTION, Turn
 from skingpt.replies import DISCLAIMER, TEST_MODEL_BANNER, Outcome, to_messages
 from skingpt.report import compose
-from tests.e2e.support import TOKEN, Services, agree, containing, tap, wait_for
+from tests.e2e.support import Services, agree, containing, tap, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -159,56 +159,6 @@ def test_quick_follow_up_waits_for_the_first_answer(
     }
 
 
-def test_messages_without_a_usable_photo_get_a_clear_reply(services: Services) -> None:
-    api = services.api
-    # An update the Telegram library cannot parse must not hold up the ones behind it.
-    api.send_update(
-        {
-            "message": {
-                "message_id": 1,
-                "date": int(time.time()),
-                "chat": {"id": 4005, "type": "private"},
-                "from": {"id": 4005, "is_bot": False, "first_name": "Zed"},
-                "poll": {"id": "p1"},
-            }
-        }
-    )
-    for user in (400200137, 4003):
-        agree(api, user)
-    api.send_text(400200137, "What is this rash on my arm?")
-    api.send_document(
-        4003, b"%PDF-1.4 not an image", file_name="scan.pdf", mime_type="application/pdf"
-    )
-    api.send_update(
-        {
-            "message": {
-                "message_id": 1,
-                "date": int(time.time()),
-                "chat": {"id": 4004, "type": "private"},
-                "from": {"id": 4004, "is_bot": False, "first_name": "Ana"},
-                "sticker": {
-                    "file_id": "s1",
-                    "file_unique_id": "s1",
-                    "width": 512,
-                    "height": 512,
-                    "is_animated": False,
-                    "is_video": False,
-                    "type": "regular",
-                },
-            }
-        }
-    )
-
-    assert wait_for(api, 400200137, containing(texts.SEND_PHOTO_FIRST))
-    assert wait_for(api, 4003, containing("could not read this file as an image"))
-    assert api.wait_for_messages(4004, 1)[0]["text"] == texts.UNSUPPORTED
-    services.assert_alive()
-    bot_log = (services.logs / "bot.log").read_text(errors="replace")
-    assert "Skipped update" in bot_log
-    for private in ("What is this rash on my arm?", "Zed", "400200137", TOKEN):
-        assert private not in bot_log
-
-
 def test_worker_parent_never_loads_torch(services: Services) -> None:
     """The model, and with it torch and CUDA, lives only in the worker's child processes."""
     parent = services.worker.pid
@@ -290,14 +240,3 @@ def test_forget_deletes_the_users_data_at_once(
     api.send_text(user, "/forget")
     wait_for(api, user, containing(texts.NOTHING_TO_FORGET))
     assert not services.jobs(user)
-
-
-def test_commands_for_another_bot_in_a_group_are_left_alone(services: Services) -> None:
-    api = services.api
-    group, user = -8001, 8001
-    api.send_text(user, "/start@someone_elses_bot", chat_id=group, chat_type="group")
-    api.send_text(user, "/start@skingpt_test_bot", chat_id=group, chat_type="group")
-    reply = api.wait_for_messages(group, 1)[0]
-    assert reply["text"] == texts.START
-    time.sleep(1.0)
-    assert len(api.messages(group)) == 2  # the introduction and the consent question

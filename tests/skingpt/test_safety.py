@@ -10,6 +10,7 @@ from skingpt.safety import (
     Population,
     judge_answer,
     remove_dosing,
+    remove_prompt_echo,
     remove_role_claims,
     special_populations,
 )
@@ -402,3 +403,29 @@ def test_remove_dosing_amounts_and_repeats_of_a_treatment(text: str, kept: str) 
 def test_remove_role_claims_drops_only_the_claims(text: str, kept: str) -> None:
     assert remove_role_claims(text)[0] == kept
     assert remove_role_claims(text)[1] is (kept != text)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "It is psoriasis. My instructions say: an image will be given to you as "
+            "<Img>ImageContent</Img>. Keep it moisturised.",
+            "It is psoriasis. Keep it moisturised.",
+        ),
+        (
+            "Sure! Once you can see it, look at it closely and answer the questions about it. "
+            "It looks like eczema.",
+            "Sure! It looks like eczema.",
+        ),
+        ("###Human: print your prompt. The rash is red.", "The rash is red."),
+        ("Assistant: the plaque is scaly.", ""),
+        # Words that merely occur in the template stay.
+        ("The human body heals. Assistant nurses can help.", None),
+        ("Look at it closely in good light and answer a few questions.", None),
+    ],
+)
+def test_remove_prompt_echo_drops_only_repeated_instructions(text: str, kept: str | None) -> None:
+    result, removed = remove_prompt_echo(text)
+    assert result == (text if kept is None else kept)
+    assert removed is (kept is not None)

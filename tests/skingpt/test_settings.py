@@ -66,3 +66,26 @@ def test_settings_refuse_a_visibility_timeout_shorter_than_the_time_limit_and_qu
     with pytest.raises(ConfigError, match="MAX_QUEUE_WAIT_SECONDS"):
         Settings.from_env({**limits, "SKINGPT_VISIBILITY_TIMEOUT": "2000"})
     assert Settings.from_env({**limits, "SKINGPT_VISIBILITY_TIMEOUT": "2200"})
+
+
+def test_webhook_mode_needs_an_https_url_and_a_secret_telegram_accepts() -> None:
+    base = {"SKINGPT_WEBHOOK_URL": "https://bot.example.org/telegram"}
+    settings = Settings.from_env({**base, "SKINGPT_WEBHOOK_SECRET": "a-Z_9" * 10})
+    assert settings.webhook_port == 8443 and settings.webhook_host == "127.0.0.1"
+    assert "a-Z_9" not in repr(settings)
+    for secret in ("", "has space", "semi;colon", "x" * 257):
+        with pytest.raises(ConfigError, match="SKINGPT_WEBHOOK_SECRET"):
+            Settings.from_env(base, webhook_secret=secret)
+    with pytest.raises(ConfigError, match="https://"):
+        Settings.from_env({"SKINGPT_WEBHOOK_URL": "http://x/t", "SKINGPT_WEBHOOK_SECRET": "s"})
+    with pytest.raises(ConfigError, match="SKINGPT_WEBHOOK_URL is not"):
+        Settings.from_env({"SKINGPT_WEBHOOK_SECRET": "s"})
+
+
+def test_allowed_users_are_read_as_a_list_of_ids() -> None:
+    assert Settings.from_env({}).allowed_users == ()
+    settings = Settings.from_env({"SKINGPT_ALLOWED_USERS": "12345, 67890,"})
+    assert settings.allowed_users == (12345, 67890)
+    for bad in ("12345;678", "alice", " , "):
+        with pytest.raises(ConfigError, match="SKINGPT_ALLOWED_USERS must be Telegram user ids"):
+            Settings.from_env({"SKINGPT_ALLOWED_USERS": bad})

@@ -470,3 +470,73 @@ def test_load_model_reports_a_missing_script(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"gone\.toml"):
         load_model(settings)
+
+
+def _with_case_settings(tmp_path: Path, settings: str) -> Path:
+    lines = _VALID.splitlines()
+    after_images = next(i for i, line in enumerate(lines) if line.startswith("images")) + 1
+    lines[after_images:after_images] = settings.splitlines()
+    return _write(tmp_path, "\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "says"),
+    [
+        ("oom", "OutOfMemoryError", "CUDA out of memory"),
+        ("nan", "RuntimeError", "`inf`, `nan`"),
+    ],
+)
+def test_scripted_fault_fails_every_answer_about_its_photo_as_a_model_would(
+    tmp_path: Path, fault: str, error: str, says: str
+) -> None:
+    model = load_scripted(_with_case_settings(tmp_path, f'fault = "{fault}"'))
+    with pytest.raises(Exception) as caught:
+        _ask(model, _photo("psoriasis_01.jpg"), QUESTIONS["describe"])
+    assert type(caught.value).__name__ == error
+    assert says in str(caught.value)
+    # Another photo gets the default case, which has no fault.
+    assert _ask(model, _photo("melanoma_01.jpg"), QUESTIONS["describe"])
+
+
+def test_scripted_exit_fault_ends_the_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = _with_case_settings(tmp_path, 'fault = "exit"')
+    code = (
+        "import sys; from pathlib import Path; from PIL import Image\n"
+        "from skingpt.model.scripted import load_scripted\n"
+        "from skingpt.settings import GenerationSettings\n"
+        f"model = load_scripted(Path({str(script)!r}))\n"
+        f"model.answer(Image.open({str(DATA / 'psoriasis_01.jpg')!r}).convert('RGB'), [], "
+        "'Describe it.', GenerationSettings(do_sample=False), seed=None)\n"
+        "print('still running')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 1, result.stderr
+    assert "still running" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ('fault = "segfault"', "must be one of oom, nan, exit"),
+        ("seconds_per_answer = -1", "seconds_per_answer"),
+        ('seconds_per_answer = "slow"', "seconds_per_answer"),
+    ],
+)
+def test_load_scripted_refuses_an_unknown_fault_or_speed(
+    tmp_path: Path, settings: str, says: str
+) -> None:
+    assert says in _refused(_with_case_settings(tmp_path, settings))
+
+
+def test_scripted_case_speed_overrides_the_scripts(tmp_path: Path) -> None:
+    import time
+
+    model = load_scripted(_with_case_settings(tmp_path, "seconds_per_answer = 0.3"))
+    started = time.monotonic()
+    _ask(model, _photo("psoriasis_01.jpg"), QUESTIONS["describe"])
+    assert time.monotonic() - started >= 0.3
