@@ -10,6 +10,7 @@ Keys (``P`` is the configured prefix):
 ``P:case:<case>``            hash: the case's number, photo count and the photo the model reads
 ``P:case:<case>:images``     list: the case's normalised photos, PNG (encrypted with a key)
 ``P:case:<case>:turns``      list: finished question/answer turns, JSON
+``P:case:<case>:embeddings`` hash: image embeddings of the case's photos, by model and photo
 ``P:photo:<token>``          a photo waiting for the person to say which case it belongs to
 ``P:job:<job>``              hash: one question and, once answered, its answer
 ``P:queue``                  sorted set: every queued or running job, by the time it was queued
@@ -129,6 +130,21 @@ local held = redis.call('LRANGE', KEYS[1], 1, -1)
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return held
+"""
+
+# Keeps a photo's image embeddings with its case, only while the case exists (a case deleted by
+# /forget while its job ran is not brought back), and tracks them for /forget if the pair's key
+# set exists (cases opened before embeddings were kept do not list them).
+_SAVE_EMBEDDING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local conv = redis.call('HGET', KEYS[1], 'conv')
+if conv then
+  local tracked = ARGV[4] .. ':conv:' .. conv .. ':keys'
+  if redis.call('EXISTS', tracked) == 1 then redis.call('SADD', tracked, KEYS[2]) end
+end
+return 1
 """
 
 # Takes the pair's turn if nobody holds it, else joins the line behind it.
@@ -258,6 +274,7 @@ class Store:
         self._cancel = client.register_script(_CANCEL)
         self._update_job = client.register_script(_UPDATE_JOB)
         self._take_photos = client.register_script(_TAKE_PHOTOS)
+        self._save_embedding = client.register_script(_SAVE_EMBEDDING)
 
     @classmethod
     def from_url(
@@ -365,6 +382,7 @@ class Store:
                 self.key("case", case),
                 self.key("case", case, "images"),
                 self.key("case", case, "turns"),
+                self.key("case", case, "embeddings"),
             )
             self._track(pipe, conv, *case_keys)
             pipe.execute()
@@ -435,6 +453,7 @@ class Store:
             pipe.expire(self.key("case", case, "images"), self.retention)
             pipe.expire(self.key("case", case), self.retention)
             pipe.expire(self.key("case", case, "turns"), self.retention)
+            pipe.expire(self.key("case", case, "embeddings"), self.retention)
             pipe.expire(self.key("conv", conv), self.retention)
             alive = pipe.execute()[0]
         return case if alive else None
@@ -444,6 +463,21 @@ class Store:
         primary: Any = self.client.hget(self.key("case", case), "primary")
         data: Any = self.client.lindex(self.key("case", case, "images"), int(primary or 0))
         return self._open(bytes(data)) if data is not None else None
+
+    def load_embedding(self, case: str, key: str) -> bytes | None:
+        """Image embeddings kept with the case under ``key`` (decrypted), or None."""
+        data: Any = self.client.hget(self.key("case", case, "embeddings"), key)
+        return self._open(bytes(data)) if data is not None else None
+
+    def save_embedding(self, case: str, key: str, data: bytes) -> bool:
+        """Keep image embeddings with the case, sealed like its photos, for as long as it lives.
+
+        Returns:
+            False when the case no longer exists (nothing is stored then).
+        """
+        keys = [self.key("case", case), self.key("case", case, "embeddings")]
+        args: list[Any] = [key, self._seal(data), self.retention, self.prefix]
+        return bool(self._save_embedding(keys=keys, args=args))
 
     def turns(self, case: str) -> list[Turn]:
         raw: Any = self.client.lrange(self.key("case", case, "turns"), 0, -1)
@@ -579,8 +613,15 @@ class Store:
         return [_text(kind) if kind else "followup" for kind in kinds]
 
     def memory_use(self) -> tuple[int, int]:
-        """Bytes Redis uses now, and its ``maxmemory`` (0 when it has no limit)."""
-        info: Any = self.client.info("memory")
+        """Bytes Redis uses now, and its ``maxmemory`` (0 when it has no limit).
+
+        A server that does not say (the in-memory store of offline clinic mode, or a managed
+        Redis that forbids INFO) reads as (0, 0): no budget to enforce.
+        """
+        try:
+            info: Any = self.client.info("memory")
+        except redis.ResponseError:
+            return 0, 0
         return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
     def oldest_waiting(self, *, look_at: int = 32) -> float | None:

@@ -246,3 +246,16 @@ def test_place_in_line_follows_the_queue(redis_url: str, key_prefix: str) -> Non
     assert [store.place_in_line(j, max_age=600) for j in jobs] == [None, 1, 2]
     store.forget(store.pseudonym(32, 32))
     assert store.place_in_line(jobs[2], max_age=600) == 1
+
+
+def test_memory_use_reads_redis_and_is_unknown_where_info_is_missing(
+    redis_url: str, key_prefix: str
+) -> None:
+    import fakeredis
+
+    used, _limit = _store(redis_url, key_prefix).memory_use()
+    assert used > 0
+    offline = Store(
+        fakeredis.FakeRedis(), prefix=key_prefix, retention_seconds=600, turn_hold_seconds=900
+    )
+    assert offline.memory_use() == (0, 0)
