@@ -9,8 +9,10 @@ run cut short still reports what it got:
 
 - ``environment``: GPU, memory, library versions, whether bitsandbytes imports.
 - ``bf16``: build, parameter counts, VRAM, image-encoder latency at batch 1 and 8, and
-  300-token generations forced to full length at batch 1 and 8.
-- ``bandwidth``: batch-1 decoding speed turned into GB/s of weights read, against the GPU's peak.
+  greedy answers of up to 300 tokens at batch 1 and 8 through ``SkinGPT.answer_many`` (what
+  serving calls), each row a different photo and question.
+- ``bandwidth``: batch-1 decoding speed turned into GB/s of weights read, against the GPU's peak,
+  and against the fastest decoding that peak allows; batched throughput against batch 1.
 - ``bf16_batch32``: the same generation at batch 32, when the time budget allows.
 - ``nf4``: the language model quantized to 4-bit NF4 with bitsandbytes, then the same generations.
 
@@ -46,11 +48,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
+from PIL import Image
 
 from skingpt import prompts
 from skingpt.errors import ConfigError
+from skingpt.model.base import Generated, Request
 from skingpt.model.modeling import SkinGPT, build_on_meta, parameter_counts, quantization_config
 from skingpt.model.presets import SKINGPT4_LLAMA2_13B, TINY_RANDOM, Preset
 from skingpt.model.tokenizer import build_tiny_tokenizer
@@ -80,7 +85,7 @@ class Plan:
     Attributes:
         preset: the model size to build.
         device: where to build it.
-        new_tokens: length every timed generation is forced to.
+        new_tokens: ``max_new_tokens`` of every timed generation.
         repeats: timed runs per latency measurement (the median is reported).
         batches: generation batch sizes in the ``bf16`` and ``nf4`` stages.
         big_batch: the batch size of the ``bf16_batch32`` stage.
@@ -388,72 +393,100 @@ def measure_image_path(skingpt: SkinGPT, batch: int, repeats: int) -> dict[str, 
 
 
 @torch.inference_mode()
-def prompt_embeddings(skingpt: SkinGPT) -> tuple[torch.Tensor, dict[str, bool]]:
-    """The default question about one random image as (1, sequence, hidden), and finiteness."""
+def finite_outputs(skingpt: SkinGPT) -> dict[str, bool]:
+    """Whether the image embeddings and the logits of one random image's prompt are finite."""
     size = skingpt.model.config.vision_config.image_size
     image_embeds = skingpt.encode_image(torch.randn(1, 3, size, size))  # (1, 32, hidden)
     prompt = prompts.build_prompt([], prompts.DEFAULT_QUESTION)
     inputs_embeds = skingpt.embed_prompt(prompt, image_embeds[0])
     logits = skingpt.model.language_model(inputs_embeds=inputs_embeds).logits
-    finite = {
+    return {
         "image_embeds": bool(torch.isfinite(image_embeds).all()),
         "logits": bool(torch.isfinite(logits).all()),
     }
-    return inputs_embeds, finite
 
 
-def _generate(skingpt: SkinGPT, inputs_embeds: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Greedy generation forced to exactly ``new_tokens``; returns only the new token ids."""
-    settings = GenerationSettings(max_new_tokens=new_tokens, do_sample=False)
-    mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-    # The language model directly, not SkinGPT.generate: that one stops at "###" and EOS, and
-    # the benchmark needs every run to do the same amount of work.
-    output: torch.Tensor = skingpt.model.language_model.generate(
-        inputs_embeds=inputs_embeds,
-        attention_mask=mask,
-        max_new_tokens=settings.max_new_tokens,
-        min_new_tokens=settings.max_new_tokens,
-        do_sample=settings.do_sample,
-        num_beams=1,
-        repetition_penalty=settings.repetition_penalty,
-        eos_token_id=skingpt.tokenizer.eos_token_id,
-        pad_token_id=skingpt.tokenizer.eos_token_id,
-    )
-    return output
+# Questions of different lengths, taken in turn, so that a batch mixes prompt lengths.
+QUESTIONS = (
+    prompts.DEFAULT_QUESTION,
+    *(text for _, text in prompts.CLINICAL_QUESTIONS),
+    "Is it contagious?",
+)
+
+
+def generation_requests(batch: int, new_tokens: int, size: int) -> list[Request]:
+    """``batch`` different questions about different random photos, answered greedily."""
+    generation = GenerationSettings(max_new_tokens=new_tokens, do_sample=False)
+    rng = np.random.default_rng(0)
+    return [
+        Request(
+            image=Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+            history=(),
+            question=QUESTIONS[row % len(QUESTIONS)],
+            generation=generation,
+        )
+        for row in range(batch)
+    ]
+
+
+def _answer(skingpt: SkinGPT, requests: list[Request]) -> list[Generated]:
+    answers = skingpt.answer_many(requests)
+    if len(answers) != len(requests):
+        raise RuntimeError(f"answer_many gave {len(answers)} answers to {len(requests)} requests")
+    return answers
 
 
 @torch.inference_mode()
-def measure_generation(
-    skingpt: SkinGPT, prompt_embeds: torch.Tensor, *, batch: int, plan: Plan
-) -> dict[str, Any]:
-    """Time to first token, then a full-length generation, for ``batch`` copies of the prompt."""
+def measure_generation(skingpt: SkinGPT, *, batch: int, plan: Plan) -> dict[str, Any]:
+    """Time to first token, then answers of up to ``plan.new_tokens``, for ``batch`` requests.
+
+    Everything goes through ``answer_many``, as in serving: each row's photo is encoded, its
+    prompt built and the rows decoded together. Rows stop on their own (end of sequence,
+    ``###``) as served answers do; with random weights that is rare, and the tokens each row
+    really produced are counted.
+    """
     device = skingpt.device
-    inputs = prompt_embeds.repeat(batch, 1, 1)  # (batch, sequence, hidden)
-    _generate(skingpt, inputs, 2)  # warm-up for this batch size
-    first_token = [
-        _timed(lambda: _generate(skingpt, inputs, 1), device)[0] for _ in range(plan.repeats)
-    ]
+    size = skingpt.model.config.vision_config.image_size
+    _answer(skingpt, generation_requests(batch, 2, size))  # warm-up for this batch size
+    first = generation_requests(batch, 1, size)
+    first_token = [_timed(lambda: _answer(skingpt, first), device)[0] for _ in range(plan.repeats)]
     ttft = statistics.median(first_token)
 
     _reset_peak(device)
-    total, output = _timed(lambda: _generate(skingpt, inputs, plan.new_tokens), device)
-    if tuple(output.shape) != (batch, plan.new_tokens):
-        raise RuntimeError(f"Expected {batch}×{plan.new_tokens} new tokens, got {output.shape}")
+    requests = generation_requests(batch, plan.new_tokens, size)
+    total, answers = _timed(lambda: _answer(skingpt, requests), device)
+    tokens = [answer.new_tokens for answer in answers]
+    # The batch runs as long as its longest row; a sequence's rate is that row's.
+    steps = max(tokens)
     decode = total - ttft
     return {
         "batch": batch,
-        "prompt_tokens": prompt_embeds.shape[1],
+        "distinct_prompts": len({(r.question, r.image.tobytes()) for r in requests}),
+        "prompt_positions": sorted({answer.prompt_positions for answer in answers}),
         "new_tokens": plan.new_tokens,
+        "new_tokens_generated": sum(tokens),
+        "rows_stopped_early": sum(1 for n in tokens if n < plan.new_tokens),
         "time_to_first_token_ms": round(ttft * 1000, 2),
         "total_s": round(total, 3),
-        "tokens_per_s_per_sequence": round(plan.new_tokens / total, 2),
-        "tokens_per_s_aggregate": round(batch * plan.new_tokens / total, 2),
-        # Without the prefill: the steady decoding rate, which is what bandwidth limits.
+        "answers_per_s": round(batch / total, 3),
+        "tokens_per_s_per_sequence": round(steps / total, 2),
+        "tokens_per_s_aggregate": round(sum(tokens) / total, 2),
+        # Without the image encoding and prefill: the steady decoding rate that bandwidth limits.
         "decode_tokens_per_s_per_sequence": (
-            round((plan.new_tokens - 1) / decode, 2) if decode > 0 else None
+            round((steps - 1) / decode, 2) if decode > 0 and steps > 1 else None
         ),
         "vram": _vram(device),
     }
+
+
+def _compare_with(batch_1: dict[str, Any] | None, timing: dict[str, Any]) -> None:
+    """Add the aggregate tokens/s and answers/s against batch 1, when batch 1 was measured."""
+    if batch_1 is None:
+        return
+    for key in ("tokens_per_s_aggregate", "answers_per_s"):
+        timing[f"{key.removesuffix('_aggregate')}_vs_batch_1"] = round(
+            timing[key] / batch_1[key], 2
+        )
 
 
 def peak_bandwidth_tb_s(gpu_name: str | None) -> float | None:
@@ -506,7 +539,6 @@ class GpuCheck:
         self.plan = plan
         self.report = report
         self.skingpt: SkinGPT | None = None
-        self.prompt_embeds: torch.Tensor | None = None
         self.gpu_name: str | None = None
 
     def run(self) -> None:
@@ -553,10 +585,13 @@ class GpuCheck:
         bytes_per_token = bf16["language_model_bytes"] - bf16["input_embedding_bytes"]
         peak = peak_bandwidth_tb_s(self.gpu_name)
         achieved = bytes_per_token * tokens_per_s / 1e9
+        # The fastest one stream can decode: every weight read once per token at peak bandwidth.
+        bound = peak * 1e12 / bytes_per_token if peak else None
         result.update(
             {
                 "bytes_per_token": bytes_per_token,
                 "tokens_per_s": tokens_per_s,
+                "decode_tokens_per_s": decode_per_s,
                 "achieved_gb_s": round(achieved, 3),
                 "achieved_gb_s_decode_only": (
                     round(bytes_per_token * decode_per_s / 1e9, 3) if decode_per_s else None
@@ -564,16 +599,25 @@ class GpuCheck:
                 "gpu_name": self.gpu_name,
                 "peak_gb_s": peak * 1000 if peak else None,
                 "fraction_of_peak": round(achieved / (peak * 1000), 3) if peak else None,
+                "bound_tokens_per_s": round(bound, 1) if bound else None,
+                "decode_fraction_of_bound": (
+                    round(decode_per_s / bound, 3) if bound and decode_per_s else None
+                ),
+                # What batching buys: aggregate tokens/s at each batch against batch 1.
+                "tokens_per_s_vs_batch_1": {
+                    name: run.get("tokens_per_s_vs_batch_1")
+                    for name, run in bf16.get("generation", {}).items()
+                },
             }
         )
         logger.info("Decoding reads weights at %.0f GB/s (peak %s)", achieved, result["peak_gb_s"])
 
     def bf16_batch32(self, result: dict[str, Any]) -> None:
-        if self.skingpt is None or self.prompt_embeds is None:
+        if self.skingpt is None:
             raise StageSkipped("needs the bf16 model, which was not built")
-        timing = measure_generation(
-            self.skingpt, self.prompt_embeds, batch=self.plan.big_batch, plan=self.plan
-        )
+        timing = measure_generation(self.skingpt, batch=self.plan.big_batch, plan=self.plan)
+        batch_1 = self.report.stages.get("bf16", {}).get("generation", {}).get("batch_1")
+        _compare_with(batch_1, timing)
         result.update(timing)
         logger.info("bf16 generation at batch %d: %s", self.plan.big_batch, timing)
 
@@ -591,7 +635,6 @@ class GpuCheck:
     def release(self) -> None:
         """Free the model and its cached blocks, so the next build starts from an empty GPU."""
         self.skingpt = None
-        self.prompt_embeds = None
         self.release_cache()
 
     def release_cache(self) -> None:
@@ -619,7 +662,7 @@ class GpuCheck:
         result["weights_gib"] = round(result["weights_bytes"] / GIB, 3)
         result["vram_after_build"] = _vram(device)
         self.skingpt = skingpt
-        self.prompt_embeds, result["finite_outputs"] = prompt_embeddings(skingpt)
+        result["finite_outputs"] = finite_outputs(skingpt)
         logger.info(
             "Built %s in %.1f s: %.2f GiB of weights, VRAM %s, finite outputs %s",
             self.plan.preset.name,
@@ -642,12 +685,11 @@ class GpuCheck:
         result["input_embedding_bytes"] = table.numel() * table.element_size()
 
     def _generations(self, result: dict[str, Any]) -> None:
-        assert self.skingpt is not None and self.prompt_embeds is not None
+        assert self.skingpt is not None
         result["generation"] = {}
         for batch in self.plan.batches:
-            timing = measure_generation(
-                self.skingpt, self.prompt_embeds, batch=batch, plan=self.plan
-            )
+            timing = measure_generation(self.skingpt, batch=batch, plan=self.plan)
+            _compare_with(result["generation"].get("batch_1", timing), timing)
             result["generation"][f"batch_{batch}"] = timing
             logger.info("Generation at batch %d: %s", batch, timing)
             self.report.save()

@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=1,
-        help="worker processes, each with its own copy of the model (default 1)",
+        help="worker processes, each with its own copy of the model (default 1; with "
+        "SKINGPT_BATCH_SIZE above 1 the worker is one process running that many jobs at once)",
     )
     worker.set_defaults(run=run_worker)
 
@@ -409,7 +410,7 @@ def run_offline(settings: Settings, args: argparse.Namespace) -> int:
         turn_hold_seconds=settings.visibility_timeout,
         encryption_key=settings.encryption_key,
     )
-    holder = ModelHolder(settings)
+    holder = ModelHolder(settings, store=store)
     holder.start_loading()
     # Serve only once the model answers: a clinic must learn at start-up, not from its first
     # patient, that the weights cannot load.
@@ -422,7 +423,8 @@ def run_offline(settings: Settings, args: argparse.Namespace) -> int:
         model_wait=3600.0,
         max_queue_wait=settings.max_queue_wait_seconds,
     )
-    jobs = LocalQueue(runner)
+    # With SKINGPT_BATCH_SIZE above 1, that many jobs run at once and share the batcher.
+    jobs = LocalQueue(runner, threads=settings.batch_size)
     api: BotAPIStandIn | None = None
     chat: WebChat | None = None
     if not settings.telegram_token:
@@ -463,7 +465,11 @@ def _refuse_test_model(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Run Celery's prefork worker on the job queue; each child loads the model once."""
+    """Run Celery's prefork worker on the job queue; each child loads the model once.
+
+    With ``SKINGPT_BATCH_SIZE`` above 1: one process, one model, and Celery's threads pool
+    running ``batch_size`` jobs at once, whose model calls are decoded together.
+    """
     from skingpt.model.presets import get_preset
     from worker.app import create_celery
     from worker.tasks import register_tasks
@@ -476,6 +482,20 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         get_preset(settings.model)
     if settings.is_test_model:
         logger.warning("This worker runs tiny-random, an untrained test model")
+    pool = ["--pool=prefork", f"--concurrency={args.concurrency}"]
+    if settings.batch_size > 1:
+        if args.concurrency != 1:
+            raise ConfigError(
+                "--concurrency starts copies of the model; with SKINGPT_BATCH_SIZE above 1 one "
+                "process serves that many jobs at once. Leave --concurrency out, or run one "
+                "worker per GPU."
+            )
+        pool = ["--pool=threads", f"--concurrency={settings.batch_size}"]
+        logger.info(
+            "Batched worker: up to %d jobs at once, batches wait up to %d ms",
+            settings.batch_size,
+            settings.batch_wait_ms,
+        )
     app = create_celery(settings)
     store = _store(settings)
     _check_redis_keeps_jobs(store)
@@ -483,8 +503,7 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     app.worker_main(
         [
             "worker",
-            "--pool=prefork",
-            f"--concurrency={args.concurrency}",
+            *pool,
             f"--queues={settings.queue}",
             f"--hostname=skingpt-{os.getpid()}@%h",
             f"--loglevel={logging.getLevelName(logging.getLogger().level)}",

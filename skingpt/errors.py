@@ -36,3 +36,7 @@ class ImageRejected(SkinGPTError):
 
 class ModelUnavailable(SkinGPTError):
     """The model could not be built or loaded; the message says which file or setting to fix."""
+
+
+class DeadlinePassed(SkinGPTError, TimeoutError):
+    """A job ran out of its time before its answer came; it is answered with an apology."""

@@ -110,25 +110,32 @@ class Heartbeat:
 
 
 class JobActivity:
-    """What a worker child is doing: the job it runs, or since when it has been idle."""
+    """What a worker process is doing: the jobs it runs, or since when it has been idle.
+
+    Each job runs in its own thread from :meth:`started` to :meth:`finished` (one thread in a
+    prefork child, several in a batched worker). ``job_since`` is when the oldest running job
+    started, so that one stuck job shows however many others come and go beside it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._job_since: float | None = None
+        self._running: dict[int, float] = {}  # thread id -> when its job started
         self._idle_since = time.time()
 
     def started(self) -> None:
         with self._lock:
-            self._job_since = time.time()
+            self._running[threading.get_ident()] = time.time()
 
     def finished(self) -> None:
         with self._lock:
-            self._job_since = None
-            self._idle_since = time.time()
+            self._running.pop(threading.get_ident(), None)
+            if not self._running:
+                self._idle_since = time.time()
 
     def fields(self) -> dict[str, str]:
         with self._lock:
-            since = "" if self._job_since is None else f"{self._job_since:.3f}"
+            oldest = min(self._running.values(), default=None)
+            since = "" if oldest is None else f"{oldest:.3f}"
             return {"job_since": since, "idle_since": f"{self._idle_since:.3f}"}
 
 

@@ -79,6 +79,8 @@ class Settings:
     visibility_timeout: int = 3600
     max_deliveries: int = 3
     max_queue_wait_seconds: int = 1800
+    batch_size: int = 1
+    batch_wait_ms: int = 50
     encryption_key: str | None = field(default=None, repr=False)
     max_jobs_per_user: int = 3
     store_memory_budget_mb: int = 0
@@ -150,6 +152,12 @@ class Settings:
             raise ConfigError(
                 "SKINGPT_TASK_SOFT_TIME_LIMIT must be positive and below SKINGPT_TASK_TIME_LIMIT."
             )
+        if not 1 <= self.batch_size <= 64:
+            raise ConfigError(
+                "SKINGPT_BATCH_SIZE must be from 1 (one job at a time per worker process) to 64."
+            )
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise ConfigError("SKINGPT_BATCH_WAIT_MS must be from 0 to 10000 milliseconds.")
         if self.max_queue_wait_seconds < 10:
             raise ConfigError("SKINGPT_MAX_QUEUE_WAIT_SECONDS must be at least 10.")
         if self.visibility_timeout <= self.task_time_limit + self.max_queue_wait_seconds:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from skingpt.errors import ConfigError, ModelUnavailable
+from skingpt.errors import ConfigError, DeadlinePassed, ModelUnavailable
 from skingpt.imaging import decode_stored
 from skingpt.replies import Outcome
 from skingpt.settings import Settings
@@ -36,23 +36,43 @@ class ModelLoading(Exception):
 
 
 class ModelHolder:
-    """The model of one worker process, loaded once, in the background."""
+    """The model of one worker process, loaded once, in the background.
 
-    def __init__(self, settings: Settings) -> None:
+    With ``SKINGPT_BATCH_SIZE`` above 1 the model answers through a
+    :class:`~skingpt.batching.Batcher`, which the threads running jobs in this process share.
+
+    Args:
+        settings: which model, where and how.
+        store: where the model keeps each case's image embeddings, so that a photo is encoded
+            once for all its calls on every worker; None encodes it at every call.
+        batch_time_limit: seconds one batch may run before the batcher ends this process
+            (None: no limit, as in ``skingpt run``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        batch_time_limit: float | None = None,
+    ) -> None:
         self.settings = settings
+        self.store = store
+        self.batch_time_limit = batch_time_limit
         self._ready = threading.Event()
         self._analyzer: Analyzer | None = None
         self._error: Exception | None = None
-        self._stop_worker_on_failure = False
+        self._stop_on_failure: int | None = None
 
-    def start_loading(self, *, stop_worker_on_failure: bool = False) -> None:
+    def start_loading(self, *, stop_on_failure: int | None = None) -> None:
         """Load in a background thread.
 
         Args:
-            stop_worker_on_failure: in a Celery child, a model that cannot load stops the whole
-                worker (its parent), so that it takes no more jobs it cannot answer.
+            stop_on_failure: the process id of the Celery worker (the parent of a prefork
+                child, or this process in a batched worker): a model that cannot load stops
+                it, so that it takes no more jobs it cannot answer.
         """
-        self._stop_worker_on_failure = stop_worker_on_failure
+        self._stop_on_failure = stop_on_failure
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
     @property
@@ -77,18 +97,30 @@ class ModelHolder:
 
     def _load(self) -> None:
         try:
+            from skingpt.batching import Batcher
+            from skingpt.model.embeddings import EmbeddingCache
             from skingpt.model.modeling import load_model
             from skingpt.pipeline import Analyzer
 
-            self._analyzer = Analyzer(load_model(self.settings), self.settings.generation)
+            cache = EmbeddingCache(self.store) if self.store is not None else None
+            model = load_model(self.settings, embedding_cache=cache)
+            batcher = None
+            if self.settings.batch_size > 1:
+                batcher = Batcher(
+                    model,
+                    batch_size=self.settings.batch_size,
+                    batch_wait=self.settings.batch_wait_ms / 1000,
+                    time_limit=self.batch_time_limit,
+                )
+            self._analyzer = Analyzer(model, self.settings.generation, batcher=batcher)
         except Exception as error:
             # A setting or file to fix needs no traceback; anything else does.
             expected = isinstance(error, ConfigError | ModelUnavailable)
             logger.critical("Loading the model failed: %s", error, exc_info=not expected)
             self._error = error
-            if self._stop_worker_on_failure:
+            if self._stop_on_failure is not None:
                 logger.critical("Stopping this worker: it cannot answer jobs without a model")
-                os.kill(os.getppid(), signal.SIGTERM)
+                os.kill(self._stop_on_failure, signal.SIGTERM)
         finally:
             self._ready.set()
 
@@ -103,7 +135,11 @@ class JobRunner:
         model_wait: seconds to wait for a loading model before :class:`ModelLoading`.
         max_queue_wait: seconds a job may wait in the queue before it is answered, with an
             apology, without running.
-        timeouts: exceptions that mean the job ran out of time (Celery's soft time limit).
+        timeouts: exceptions that mean the job ran out of time (Celery's soft time limit);
+            :class:`~skingpt.errors.DeadlinePassed` always does.
+        time_limit: seconds a job may run before it is answered as timed out, checked between
+            its model calls and while it waits for the batcher: the limit of a batched worker,
+            whose threads Celery cannot interrupt (None: no limit of its own).
         store_wait: seconds to keep trying to save a job's end while Redis does not answer.
     """
 
@@ -116,6 +152,7 @@ class JobRunner:
         model_wait: float,
         max_queue_wait: float = float("inf"),
         timeouts: tuple[type[BaseException], ...] = (),
+        time_limit: float | None = None,
         store_wait: float = 60.0,
     ) -> None:
         self.store = store
@@ -123,7 +160,8 @@ class JobRunner:
         self.holder = holder
         self.max_deliveries = max_deliveries
         self.model_wait = model_wait
-        self.timeouts = timeouts
+        self.timeouts = (*timeouts, DeadlinePassed)
+        self.time_limit = time_limit
         self.store_wait = store_wait
 
     def run(self, job_id: str) -> str:
@@ -133,6 +171,7 @@ class JobRunner:
             ModelLoading: the model is not loaded yet; deliver the job again shortly.
             ModelUnavailable: the model failed to load; retry later or fail the job.
         """
+        deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
         job = self.store.load_job(job_id)
         if job is None:
             logger.warning("Job %s expired before it ran", job_id)
@@ -158,7 +197,7 @@ class JobRunner:
             return Outcome.FAILED.value
         out_of_memory = False
         try:
-            return self._answer(job)
+            return self._answer(job, deadline)
         except (ModelLoading, ModelUnavailable):
             raise
         except Exception as error:
@@ -184,7 +223,7 @@ class JobRunner:
         """Answer a job that cannot run with ``outcome``; False if it was answered before."""
         return self.store.complete_job(job_id, outcome)
 
-    def _answer(self, job: Job) -> str:
+    def _answer(self, job: Job, deadline: float | None) -> str:
         analyzer = self.holder.get(timeout=self.model_wait)
         if analyzer is None:
             self.store.forget_attempt(job.job_id)
@@ -201,6 +240,8 @@ class JobRunner:
             kind=job.kind,
             language=job.language,
             on_step=lambda step, steps: self._show_step(job.job_id, step, steps),
+            case=job.case,
+            deadline=deadline,
         )
         outcome = Outcome.ANSWERED if any(analysis.answers.values()) else Outcome.EMPTY
         self._save(

@@ -4,16 +4,28 @@ The worker's parent process never imports the model code (and so never touches C
 prefork child starts loading the model in a background thread as soon as it is up, so the child
 reports ready within Celery's start-up limit however long the weights take; a job that arrives
 first waits for the load to finish. What answering a job means is in :mod:`worker.runner`.
+
+With ``SKINGPT_BATCH_SIZE`` above 1 the worker is instead one process running that many jobs in
+threads (Celery's threads pool), sharing one model through a :class:`~skingpt.batching.Batcher`;
+it loads the model when the worker starts. Celery cannot stop a thread at its time limits, so
+each job checks its own deadline (the soft limit) and a watchdog ends the process when one
+batch runs past the hard limit.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from skingpt.errors import ModelUnavailable
 from skingpt.health import Heartbeat, JobActivity
@@ -27,8 +39,12 @@ logger = logging.getLogger(__name__)
 
 
 def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder:
-    """Add the answering task to ``app`` and load the model in every child process."""
-    holder = ModelHolder(settings)
+    """Add the answering task to ``app`` and load the model in every child process (in the
+    worker process itself when batched)."""
+    batched = settings.batch_size > 1
+    holder = ModelHolder(
+        settings, store=store, batch_time_limit=settings.task_time_limit if batched else None
+    )
     # Wait for a loading model only as long as the soft time limit allows; then come back later.
     model_wait = max(1.0, settings.task_soft_time_limit - 10.0)
 
@@ -36,8 +52,8 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
 
     heartbeats: list[Heartbeat] = []
 
-    def load_in_child(**_: Any) -> None:
-        holder.start_loading(stop_worker_on_failure=True)
+    def load_and_beat(**_: Any) -> None:
+        holder.start_loading(stop_on_failure=os.getpid() if batched else os.getppid())
         beat = Heartbeat(store, "worker", lambda: {"model": holder.state, **activity.fields()})
         heartbeats.append(beat.start())
 
@@ -46,8 +62,12 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
         for beat in heartbeats:
             beat.stop()
 
-    worker_process_init.connect(load_in_child, weak=False)
-    worker_process_shutdown.connect(leave, weak=False)
+    if batched:
+        worker_init.connect(load_and_beat, weak=False)
+        worker_shutdown.connect(leave, weak=False)
+    else:
+        worker_process_init.connect(load_and_beat, weak=False)
+        worker_process_shutdown.connect(leave, weak=False)
 
     class AnswerTask(Task):  # type: ignore[misc]
         def on_failure(
@@ -66,6 +86,7 @@ def register_tasks(app: Celery, settings: Settings, store: Store) -> ModelHolder
         model_wait=model_wait,
         max_queue_wait=settings.max_queue_wait_seconds,
         timeouts=(SoftTimeLimitExceeded,),
+        time_limit=settings.task_soft_time_limit if batched else None,
     )
 
     @app.task(name=ANSWER_TASK, bind=True, base=AnswerTask, max_retries=5, shared=False)  # type: ignore[untyped-decorator]

@@ -25,6 +25,23 @@ class Generated:
     dropped_turns: int = 0
 
 
+@dataclass(frozen=True)
+class Request:
+    """One model call: a question about a photo after earlier turns.
+
+    Attributes:
+        seed: seeds this request's own sampling; None samples from fresh entropy.
+        case: the case id, under which the embedding cache keeps this photo's embeddings.
+    """
+
+    image: Image.Image
+    history: Sequence[Turn]
+    question: str
+    generation: GenerationSettings
+    seed: int | None = None
+    case: str | None = None
+
+
 class VisionLanguageModel(Protocol):
     """A loaded model that answers questions about a photo in the context of earlier turns."""
 
@@ -42,6 +59,10 @@ class VisionLanguageModel(Protocol):
         seed: int | None,
     ) -> Generated:
         """Answer ``question``; the oldest turns are left out if the context is too short."""
+        ...
+
+    def answer_many(self, requests: Sequence[Request]) -> list[Generated]:
+        """Answer every request, decoded together where the backend can; same order."""
         ...
 
 

@@ -14,14 +14,15 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from skingpt import prompts
 from skingpt.errors import ConfigError, ModelUnavailable
-from skingpt.model.base import Generated, VisionLanguageModel, sampling_options, seeded
+from skingpt.model import decoding
+from skingpt.model.base import Generated, Request, VisionLanguageModel
 from skingpt.model.folders import (
     is_native_backend,
     is_skingpt_folder,
@@ -37,26 +38,40 @@ from skingpt.model.presets import LN_VISION_EPS, TINY_RANDOM, Preset, get_preset
 from skingpt.model.tokenizer import build_tiny_tokenizer
 from skingpt.settings import GenerationSettings, Settings
 
+if TYPE_CHECKING:
+    from skingpt.model.embeddings import EmbeddingCache
+
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class SkinGPT:
-    """A loaded SkinGPT-4 model with its tokenizer, ready to answer about one image at a time.
+    """A loaded SkinGPT-4 model with its tokenizer, ready to answer about photos in batches.
 
     Args:
         model: a ``Blip2ForConditionalGeneration`` whose language model is a Llama.
         tokenizer: the language model's tokenizer.
         name: the preset or folder name, for logs and replies.
         untrained: random weights; answers are noise and must be labelled so.
+        embedding_cache: where the image embeddings of a case's photos are kept between
+            calls and workers; None encodes the photo on every call.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str, untrained: bool) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        untrained: bool,
+        embedding_cache: EmbeddingCache | None = None,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.untrained = untrained
+        self.embedding_cache = embedding_cache
         self.vision_encoder_runs = 0
         _set_ln_vision_eps(model)
 
@@ -70,13 +85,41 @@ class SkinGPT:
         seed: int | None,
     ) -> Generated:
         """Answer ``question`` about ``image`` after the earlier turns."""
-        image_embeds = self.image_embeddings(image)
-        prompt, dropped = self.fit_prompt(history, question, generation)
-        inputs_embeds = self.embed_prompt(prompt, image_embeds)
-        generated = self.generate(inputs_embeds, generation, seed=seed)
-        return dataclasses.replace(
-            generated, prompt_positions=inputs_embeds.shape[1], dropped_turns=dropped
+        request = Request(image, history, question, generation, seed=seed)
+        return self.answer_many([request])[0]
+
+    def answer_many(self, requests: Sequence[Request]) -> list[Generated]:
+        """Answer every request in one batch (see :mod:`skingpt.model.decoding`); same order.
+
+        Each answer is what the request would get alone: greedy answers in fp32 token for
+        token, sampled ones from the request's own seed. Each ``seconds`` counts from the start
+        of this call, image encoding included, to the step where that answer stopped.
+        """
+        started = time.monotonic()
+        rows, dropped = [], []
+        for request in requests:
+            image_embeds = self.image_embeddings(request.image, case=request.case)
+            prompt, left_out = self.fit_prompt(
+                request.history, request.question, request.generation
+            )
+            inputs_embeds = self.embed_prompt(prompt, image_embeds)[0]
+            rows.append(decoding.Prompt(inputs_embeds, request.generation, request.seed))
+            dropped.append(left_out)
+        continuations = decoding.decode(
+            self.model.language_model,
+            rows,
+            tokenizer=self.tokenizer,
+            eos_token_ids=[self.tokenizer.eos_token_id],
+            started=started,
         )
+        return [
+            dataclasses.replace(
+                self._generated(continuation),
+                prompt_positions=row.inputs_embeds.shape[0],
+                dropped_turns=left_out,
+            )
+            for row, continuation, left_out in zip(rows, continuations, dropped, strict=True)
+        ]
 
     def fit_prompt(
         self, history: Sequence[prompts.Turn], question: str, generation: GenerationSettings
@@ -102,9 +145,24 @@ class SkinGPT:
         device: torch.device = self.model.language_projection.weight.device
         return device
 
-    def image_embeddings(self, image: Image.Image) -> torch.Tensor:
-        """The 32 image embeddings of one photo, (32, text hidden size), for the prompt."""
-        return self.encode_image(pixel_values(image))[0]
+    def image_embeddings(self, image: Image.Image, *, case: str | None = None) -> torch.Tensor:
+        """The 32 image embeddings of one photo, (32, text hidden size), for the prompt.
+
+        With a cache and the photo's case, the vision encoder runs once per photo: later calls,
+        in this process or any other worker, reuse what it computed.
+        """
+        if self.embedding_cache is None or case is None:
+            return self.encode_image(pixel_values(image))[0]
+        from skingpt.model.embeddings import embedding_key
+
+        key = embedding_key(self.name, self._text_dtype, image)
+        cached = self.embedding_cache.get(case, key, self.device)
+        if cached is not None:
+            return cached
+        image_embeds = self.encode_image(pixel_values(image))[0]  # (32, hidden)
+        self.embedding_cache.put(case, key, image_embeds)
+        logger.info("Vision encoder runs in this process: %d", self.vision_encoder_runs)
+        return image_embeds
 
     @torch.inference_mode()
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -170,32 +228,25 @@ class SkinGPT:
         ]
         return torch.cat(pieces, dim=0).unsqueeze(0)
 
-    @torch.inference_mode()
     def generate(
         self, inputs_embeds: torch.Tensor, generation: GenerationSettings, *, seed: int | None
     ) -> Generated:
-        """Continue the prompt until ``###``, end of sequence, or the token or time limit."""
-        started = time.monotonic()
-        with seeded(seed, self.device):
-            output = self.model.language_model.generate(
-                inputs_embeds=inputs_embeds,
-                attention_mask=torch.ones(
-                    inputs_embeds.shape[:2], device=self.device, dtype=torch.long
-                ),
-                num_beams=1,
-                stop_strings=[prompts.SEPARATOR],
-                tokenizer=self.tokenizer,
-                eos_token_id=self.tokenizer.eos_token_id,
-                # Llama has no pad token; reuse EOS rather than growing the vocabulary.
-                pad_token_id=self.tokenizer.eos_token_id,
-                **sampling_options(generation),
-            )
-        new_tokens = output[0].tolist()
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        """Continue one embedded prompt, (1, sequence, hidden), until it stops."""
+        prompt = decoding.Prompt(inputs_embeds[0], generation, seed)
+        continuation = decoding.decode(
+            self.model.language_model,
+            [prompt],
+            tokenizer=self.tokenizer,
+            eos_token_ids=[self.tokenizer.eos_token_id],
+        )[0]
+        return self._generated(continuation)
+
+    def _generated(self, continuation: decoding.Continuation) -> Generated:
+        text = self.tokenizer.decode(continuation.token_ids, skip_special_tokens=True)
         return Generated(
             text=prompts.extract_answer(text),
-            new_tokens=len(new_tokens),
-            seconds=time.monotonic() - started,
+            new_tokens=len(continuation.token_ids),
+            seconds=continuation.seconds,
         )
 
     @property
@@ -347,12 +398,15 @@ def quantization_config(mode: str, device: torch.device, compute_dtype: torch.dt
     )
 
 
-def load_model(settings: Settings) -> VisionLanguageModel:
+def load_model(
+    settings: Settings, *, embedding_cache: EmbeddingCache | None = None
+) -> VisionLanguageModel:
     """Build or load the model that ``settings`` names, on its device and dtype.
 
     A SkinGPT-4 folder is loaded with :func:`load_pretrained`; any other image-text-to-text
     folder (MedGemma, LLaVA, Qwen2.5-VL) through transformers' auto classes.
-    ``SKINGPT_BACKEND`` can force either.
+    ``SKINGPT_BACKEND`` can force either. ``embedding_cache`` serves SkinGPT-4's image
+    embeddings (the other models' image paths are their own and encode every call).
     """
     if settings.model == "scripted":
         # Canned answers for tests; Settings has already required a script and the opt-in flag.
@@ -403,6 +457,8 @@ def load_model(settings: Settings) -> VisionLanguageModel:
         ", ".join(f"{part} {n:,}" for part, n in counts.items()),
         footprint / 2**30,
     )
+    if isinstance(skingpt, SkinGPT):
+        skingpt.embedding_cache = embedding_cache
     return skingpt
 
 

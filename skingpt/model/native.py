@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from skingpt.errors import ModelUnavailable
-from skingpt.model.base import Generated, sampling_options, seeded
+from skingpt.model.base import Generated, Request, sampling_options, seeded
 from skingpt.model.folders import loading_errors, placement, verify_files
 from skingpt.prompts import Turn, clean_user_text, fit_to_context
 from skingpt.settings import GenerationSettings
@@ -124,6 +124,17 @@ class NativeVLM:
             prompt_positions=prompt_length,
             dropped_turns=len(history) - len(turns),
         )
+
+    def answer_many(self, requests: Sequence[Request]) -> list[Generated]:
+        """Answer the requests one after another, in order.
+
+        Each model family lays out images and padding its own way, so these are not decoded
+        together; the embedding cache does not apply either (``case`` is not used).
+        """
+        return [
+            self.answer(r.image, r.history, r.question, r.generation, seed=r.seed)
+            for r in requests
+        ]
 
 
 def load_native(

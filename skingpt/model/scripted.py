@@ -56,7 +56,7 @@ from PIL import Image
 from skingpt import prompts
 from skingpt.errors import ConfigError, ImageRejected
 from skingpt.imaging import load_image
-from skingpt.model.base import Generated
+from skingpt.model.base import Generated, Request
 from skingpt.settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,16 @@ class ScriptedVLM:
             seconds=time.monotonic() - started,
             prompt_positions=len(prompts.build_prompt(history, question).split()),
         )
+
+    def answer_many(self, requests: Sequence[Request]) -> list[Generated]:
+        """Answer the requests one after another, in order, each taking its own scripted time.
+
+        A faulty case's error ends the whole call, as an error in a real batch does.
+        """
+        return [
+            self.answer(r.image, r.history, r.question, r.generation, seed=r.seed)
+            for r in requests
+        ]
 
 
 def _fail(case: Case) -> None:

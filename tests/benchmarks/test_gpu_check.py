@@ -82,15 +82,26 @@ def test_gpu_check_smoke_times_generation(smoke: tuple[Any, Any]) -> None:
     runs = [*stages["bf16"]["generation"].values(), stages["bf16_batch32"]]
     assert [run["batch"] for run in runs] == [1, 8, 32]
     for run in runs:
+        batch = run["batch"]
+        # Each row its own photo and question, through answer_many as serving calls it.
+        assert run["distinct_prompts"] == batch
         assert run["new_tokens"] == 8
+        assert 0 < run["new_tokens_generated"] <= batch * 8
+        assert 0 <= run["rows_stopped_early"] < batch
         assert run["time_to_first_token_ms"] > 0 and run["total_s"] > 0
         assert run["tokens_per_s_per_sequence"] > 0
         assert run["tokens_per_s_aggregate"] == pytest.approx(
-            run["batch"] * run["tokens_per_s_per_sequence"], rel=0.01
+            run["new_tokens_generated"] / run["total_s"], rel=0.05
         )
+        assert run["answers_per_s"] == pytest.approx(batch / run["total_s"], rel=0.05)
+        assert run["tokens_per_s_vs_batch_1"] > 0
+    assert stages["bf16"]["generation"]["batch_1"]["tokens_per_s_vs_batch_1"] == 1.0
+    assert len(set(stages["bf16"]["generation"]["batch_8"]["prompt_positions"])) > 1
     bandwidth = stages["bandwidth"]
     assert bandwidth["achieved_gb_s"] > 0
     assert bandwidth["peak_gb_s"] is None and bandwidth["fraction_of_peak"] is None
+    assert bandwidth["bound_tokens_per_s"] is None  # no data-sheet peak for a CPU
+    assert list(bandwidth["tokens_per_s_vs_batch_1"]) == ["batch_1", "batch_8"]
 
 
 def test_gpu_check_smoke_skips_nf4_without_cuda(smoke: tuple[Any, Any]) -> None:

@@ -208,3 +208,9 @@ def test_bot_and_worker_refuse_a_redis_that_evicts_keys(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_batched_worker_refuses_several_model_copies() -> None:
+    result = _skingpt("worker", "--concurrency", "2", env={"SKINGPT_BATCH_SIZE": "4"})
+    assert result.returncode == 2
+    assert "SKINGPT_BATCH_SIZE" in result.stderr and "Traceback" not in result.stderr

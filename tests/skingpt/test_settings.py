@@ -89,3 +89,14 @@ def test_allowed_users_are_read_as_a_list_of_ids() -> None:
     for bad in ("12345;678", "alice", " , "):
         with pytest.raises(ConfigError, match="SKINGPT_ALLOWED_USERS must be Telegram user ids"):
             Settings.from_env({"SKINGPT_ALLOWED_USERS": bad})
+
+
+def test_batching_is_off_by_default_and_refuses_sizes_it_cannot_serve() -> None:
+    default = Settings.from_env({})
+    assert (default.batch_size, default.batch_wait_ms) == (1, 50)
+    batched = Settings.from_env({"SKINGPT_BATCH_SIZE": "8", "SKINGPT_BATCH_WAIT_MS": "0"})
+    assert (batched.batch_size, batched.batch_wait_ms) == (8, 0)
+    with pytest.raises(ConfigError, match="SKINGPT_BATCH_SIZE"):
+        Settings.from_env({"SKINGPT_BATCH_SIZE": "0"})
+    with pytest.raises(ConfigError, match="SKINGPT_BATCH_WAIT_MS"):
+        Settings.from_env({"SKINGPT_BATCH_WAIT_MS": "-1"})
