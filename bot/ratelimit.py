@@ -76,6 +76,10 @@ _UNLIMITED = frozenset(
     }
 )
 
+# Methods that show something without adding a message to the chat: only the overall budget.
+# "typing…" taking a chat slot would delay the very reply it announces.
+_NOT_A_MESSAGE = frozenset({"sendChatAction"})
+
 
 class RedisRateLimiter(BaseRateLimiter[int]):
     """Throttles every outgoing request against limits kept in Redis.
@@ -126,7 +130,9 @@ class RedisRateLimiter(BaseRateLimiter[int]):
         """Wait for a free slot, send, and on a 429 pause everyone and send again."""
         retries = self._max_retries if rate_limit_args is None else rate_limit_args
         for attempt in range(retries + 1):
-            if endpoint not in _UNLIMITED:
+            if endpoint in _NOT_A_MESSAGE:
+                await self._wait_for_slot(None)
+            elif endpoint not in _UNLIMITED:
                 await self._wait_for_slot(data.get("chat_id"))
             try:
                 return await callback(*args, **kwargs)

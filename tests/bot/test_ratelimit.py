@@ -92,3 +92,22 @@ def test_updates_and_downloads_are_not_throttled(redis_url: str, key_prefix: str
         return time.monotonic() - started
 
     assert asyncio.run(run()) < 0.5
+
+
+def test_typing_does_not_take_the_chat_slot_of_the_reply(redis_url: str, key_prefix: str) -> None:
+    # One message a second per chat, burst 3: after three "typing…" the reply still goes at once.
+    limiter = _limiter(redis_url, key_prefix, chat_per_second=1.0)
+
+    async def typing() -> bool:
+        return True
+
+    async def run() -> float:
+        for _ in range(3):
+            await limiter.process_request(
+                typing, (), {}, "sendChatAction", {"chat_id": 78, "action": "typing"}, None
+            )
+        started = time.monotonic()
+        await _send(limiter, 78, [])
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) < 0.5
