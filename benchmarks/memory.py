@@ -25,12 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 import logging
 import time
 from datetime import UTC, datetime
 from tempfile import TemporaryDirectory
 from typing import Any
+
+from benchmarks.output import log_progress, publish
 
 logger = logging.getLogger("memory")
 
@@ -112,17 +113,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_progress()
     report = {
         "benchmark": "memory",
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "workers": run(smoke=args.smoke),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / RESULT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    publish(args.out, RESULT_FILE, report)
     return 0
 
 

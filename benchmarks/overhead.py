@@ -38,10 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 import logging
 import os
-import signal
 import statistics
 import subprocess
 import time
@@ -54,7 +52,9 @@ import redis
 
 from benchmarks.memory import peak_rss_mib
 from benchmarks.noop_celery import NOOP_TASK, create_app
+from benchmarks.output import log_progress, publish
 from benchmarks.processes import REDIS_URL, Answered, bot_without_workers
+from tests.e2e.support import stop
 
 logger = logging.getLogger("overhead")
 
@@ -111,7 +111,7 @@ def celery_round_trips(count: int) -> dict[str, Any]:
                 _round_trip(app)
             trips = [_round_trip(app) for _ in range(count)]
         finally:
-            _stop(worker)
+            stop(worker)
             _forget_queue(queue)
             app.close()
     return {
@@ -127,16 +127,6 @@ def _round_trip(app: Any, *, timeout: float = 10.0) -> float:
     seconds = time.perf_counter() - started
     result.forget()
     return seconds
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _forget_queue(queue: str) -> None:
@@ -194,9 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_progress()
     if args.smoke:
         args.jobs, args.users, args.round_trips = 3, 2, 5
     started_utc = datetime.now(UTC).isoformat(timespec="seconds")
@@ -215,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": pipeline,
         "follow_up_p50_vs_celery_p50": round(overhead_p50 / celery_p50, 2),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / RESULT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    publish(args.out, RESULT_FILE, report)
     return 0
 
 

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import dataclasses
-import json
 import logging
 import platform
 import resource
@@ -40,6 +39,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from benchmarks.output import log_progress, publish
 from skingpt import prompts
 from skingpt.model.base import Request
 from skingpt.model.modeling import SkinGPT, parameter_counts
@@ -223,9 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_progress()
     if args.smoke:
         report = run(TINY_RANDOM, requests=8, new_tokens=4, threads=1, rounds=1)
     else:
@@ -236,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             rounds=args.rounds,
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / RESULT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    publish(args.out, RESULT_FILE, report)
     return 0
 
 

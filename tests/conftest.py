@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Redis, the sample photos, a tiny model built once per session, and
-headless Chromium with a driver for the web chat page."""
+"""Shared fixtures: a real Redis, bot and worker processes started against it, the sample
+photos, a tiny model built once per session, and headless Chromium with a driver for the web
+chat page."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+
+from tests.e2e.support import Launcher, Services
 
 # python-telegram-bot 22 warns on every RetryAfter unless the coming timedelta type is chosen.
 os.environ.setdefault("PTB_TIMEDELTA", "1")
@@ -92,6 +95,17 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(match=f"{prefix}*", count=500):
         client.delete(key)
+
+
+@pytest.fixture(scope="module")
+def start_services(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Services]]:
+    """Start a bot and workers as processes with extra settings (see
+    :class:`tests.e2e.support.Launcher`); everything stops with the module."""
+    launcher = Launcher(redis_url, lambda: tmp_path_factory.mktemp("service-logs"))
+    yield launcher.start
+    launcher.close()
 
 
 @pytest.fixture(scope="session")

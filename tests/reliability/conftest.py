@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import Launcher, Services
 from tests.reliability.tally import Tally
 
 ARTIFACTS = Path(__file__).parents[2] / "artifacts"
@@ -18,16 +16,6 @@ _TALLY = Tally()
 def tally() -> Tally:
     """The run's count of bad inputs, faults and messages (see :mod:`tests.reliability.tally`)."""
     return _TALLY
-
-
-@pytest.fixture(scope="module")
-def start_services(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., Services]]:
-    """Start a bot and workers with extra settings; everything stops with the module."""
-    launcher = Launcher(redis_url, lambda: tmp_path_factory.mktemp("reliability-logs"))
-    yield launcher.start
-    launcher.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
