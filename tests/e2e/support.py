@@ -128,6 +128,8 @@ class Launcher:
             with contextlib.suppress(redis.RedisError):
                 for key in services.redis.scan_iter(match=f"{services.prefix}*", count=500):
                     services.redis.delete(key)
+                # Celery's record of the queue's binding, named after the queue.
+                services.redis.delete(f"_kombu.binding.{services.prefix}-gpu")
             if show_logs:
                 for path in sorted(services.logs.glob("*.log")):
                     text = path.read_text(errors="replace")
