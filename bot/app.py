@@ -141,6 +141,7 @@ def build_application(
         .build()
     )
     application.bot_data["service"] = service
+    application.bot_data["sender"] = sender
 
     if settings.allowed_users:
         # A group before all others: someone not allowed reaches no handler that stores.

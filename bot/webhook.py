@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import signal
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +35,7 @@ from aiohttp import web
 from telegram import Update
 from telegram.ext import Application
 
+from skingpt.health import REPLY_LOOP_SECONDS
 from skingpt.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,11 @@ class WebhookServer:
             self._runner = None
 
     async def health(self, request: web.Request) -> web.Response:
-        """Answer a load balancer's or orchestrator's liveness probe."""
+        """Answer a load balancer's or orchestrator's probe: 200 while replies go out, 503 when
+        the reply loop has stopped turning (Redis unreachable, or the loop stuck)."""
+        sender = self.application.bot_data.get("sender")
+        if sender is not None and time.time() - sender.last_round > REPLY_LOOP_SECONDS:
+            return web.Response(status=503, text="replies are not being sent")
         return web.Response(text="ok")
 
     async def receive(self, request: web.Request) -> web.Response:
