@@ -51,11 +51,18 @@ class PerUserOrder(BaseUpdateProcessor):
     """Handles updates concurrently, but one at a time for each (chat, user) pair.
 
     A caption-less photo followed at once by a question must be read in that order, or the
-    question would arrive before its photo is stored.
+    question would arrive before its photo is stored. An update takes one of the
+    ``max_concurrent_updates`` places only once its pair's turn has come: one person sending
+    sixty messages at once waits in their own line instead of holding sixty places that
+    everyone else's messages need.
     """
 
+    # Updates accepted at once, most of them waiting for their pair's turn.
+    PENDING_PER_PLACE = 64
+
     def __init__(self, max_concurrent_updates: int) -> None:
-        super().__init__(max_concurrent_updates)
+        super().__init__(max_concurrent_updates * self.PENDING_PER_PLACE)
+        self._places = asyncio.Semaphore(max_concurrent_updates)
         self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self._waiting: Counter[tuple[int, int]] = Counter()
 
@@ -64,7 +71,7 @@ class PerUserOrder(BaseUpdateProcessor):
         lock = self._locks.setdefault(key, asyncio.Lock())
         self._waiting[key] += 1
         try:
-            async with lock:
+            async with lock, self._places:
                 await coroutine
         finally:
             self._waiting[key] -= 1

