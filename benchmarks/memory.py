@@ -93,8 +93,8 @@ def run(*, smoke: bool) -> list[dict[str, Any]]:
     results = [measure_worker("tiny-random", FIRST_USER, model="tiny-random")]
     if smoke:
         return results
-    from benchmarks.throughput import SCALED, build_random
-    from skingpt.model.modeling import save_pretrained
+    from benchmarks.throughput import SCALED
+    from skingpt.model.modeling import build_random, save_pretrained
 
     with TemporaryDirectory(prefix="skingpt-scaled-") as folder:
         save_pretrained(build_random(SCALED), Path(folder))

@@ -42,9 +42,8 @@ from PIL import Image
 from benchmarks.output import log_progress, publish
 from skingpt import prompts
 from skingpt.model.base import Request
-from skingpt.model.modeling import SkinGPT, parameter_counts
+from skingpt.model.modeling import SkinGPT, build_random, parameter_counts
 from skingpt.model.presets import TINY_RANDOM, Preset
-from skingpt.model.tokenizer import build_tiny_tokenizer
 from skingpt.settings import GenerationSettings
 
 logger = logging.getLogger("throughput")
@@ -82,18 +81,6 @@ QUESTIONS = (
     "Is it contagious?",
     "How long will it take to go away, and should I keep it covered while it heals?",
 )
-
-
-def build_random(preset: Preset, *, seed: int = 0) -> SkinGPT:
-    """``preset`` with deterministic random weights, in float32 on CPU, and the tiny tokenizer."""
-    from transformers import Blip2ForConditionalGeneration
-
-    tokenizer = build_tiny_tokenizer()
-    config = preset.blip2_config(vocab_size=len(tokenizer))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Blip2ForConditionalGeneration(config)
-    return SkinGPT(model, tokenizer, name=preset.name, untrained=True)
 
 
 def build_requests(count: int, generation: GenerationSettings) -> list[Request]:

@@ -287,16 +287,22 @@ def build_on_meta(preset: Preset) -> Any:
     return model
 
 
-def build_tiny_random(*, seed: int = 0) -> SkinGPT:
-    """The ``tiny-random`` preset: deterministic random weights and a locally trained tokenizer."""
+def build_random(preset: Preset, *, seed: int = 0) -> SkinGPT:
+    """``preset`` with deterministic random weights, in float32 on CPU, and the locally trained
+    tiny tokenizer (its vocabulary replaces the preset's): test and benchmark models."""
     from transformers import Blip2ForConditionalGeneration
 
     tokenizer = build_tiny_tokenizer()
-    config = TINY_RANDOM.blip2_config(vocab_size=len(tokenizer))
+    config = preset.blip2_config(vocab_size=len(tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Blip2ForConditionalGeneration(config)
-    return SkinGPT(model, tokenizer, name=TINY_RANDOM.name, untrained=True)
+    return SkinGPT(model, tokenizer, name=preset.name, untrained=True)
+
+
+def build_tiny_random(*, seed: int = 0) -> SkinGPT:
+    """The ``tiny-random`` preset: deterministic random weights and a locally trained tokenizer."""
+    return build_random(TINY_RANDOM, seed=seed)
 
 
 def load_pretrained(

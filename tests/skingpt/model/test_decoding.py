@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -15,11 +15,9 @@ from skingpt.imaging import load_image
 from skingpt.model import decoding
 from skingpt.model.base import Request
 from skingpt.model.decoding import Continuation, Prompt
-from skingpt.model.modeling import SkinGPT, build_tiny_random
-from skingpt.model.native import NativeVLM
+from skingpt.model.modeling import SkinGPT, build_random, build_tiny_random
 from skingpt.model.presets import TINY_RANDOM
 from skingpt.model.scripted import load_scripted
-from skingpt.model.tokenizer import build_tiny_tokenizer
 from skingpt.prompts import SEPARATOR, Turn
 from skingpt.settings import GenerationSettings
 
@@ -47,16 +45,9 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def scaled_model() -> SkinGPT:
     """tiny-random's architecture with a language model of a few layers and hidden size 256."""
-    from transformers import Blip2ForConditionalGeneration
-
-    tokenizer = build_tiny_tokenizer()
     text = {**TINY_RANDOM.text, "hidden_size": 256, "intermediate_size": 688}
     text |= {"num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8}
-    config = TINY_RANDOM.blip2_config(vocab_size=len(tokenizer), text=text)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = Blip2ForConditionalGeneration(config)
-    return SkinGPT(model, tokenizer, name="scaled-random", untrained=True)
+    return build_random(dataclasses.replace(TINY_RANDOM, name="scaled-random", text=text), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -303,62 +294,3 @@ def test_scripted_answer_many_answers_in_order() -> None:
         model.answer(r.image, [], r.question, GREEDY, seed=None).text for r in requests
     ]
     assert len({a.text for a in answers}) == len(requests)
-
-
-def test_native_answer_many_answers_in_order(photos: list[Image.Image]) -> None:
-    model = _tiny_llava()
-    requests = [
-        Request(photos[0], [], "What is this?", GREEDY),
-        Request(photos[1], [Turn("Is it bad?", "No.")], "Sure?", SAMPLING, seed=5),
-    ]
-    answers = model.answer_many(requests)
-    for request, generated in zip(requests, answers, strict=True):
-        alone = model.answer(
-            request.image, request.history, request.question, request.generation, seed=request.seed
-        )
-        assert (generated.text, generated.new_tokens) == (alone.text, alone.new_tokens)
-    assert answers[0].prompt_positions < answers[1].prompt_positions
-
-
-def _tiny_llava() -> NativeVLM:
-    """A random LLaVA-1.5-shaped model with a 28-pixel image (4 image tokens)."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-    from transformers.models.clip import CLIPImageProcessorPil
-
-    tokenizer = build_tiny_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    processor_class: Any = LlavaProcessor  # untyped in transformers
-    processor = processor_class(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
-        ),
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=(
-            "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
-            "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
-            "{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
-            "{% else %}ASSISTANT: {{ m['content'][0]['text'] }}</s>{% endif %}{% endfor %}"
-            "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-        ),
-    )
-    small: dict[str, Any] = {"hidden_size": 32, "intermediate_size": 64}
-    small |= {"num_hidden_layers": 2, "num_attention_heads": 4}
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**small, image_size=28, patch_size=14),
-        text_config=LlamaConfig(**small, vocab_size=len(tokenizer)),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlavaForConditionalGeneration(config)
-    return NativeVLM(model, processor, name="tiny-llava", untrained=True)

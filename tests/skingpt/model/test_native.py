@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from skingpt.imaging import encode_png, load_image
+from skingpt.model.base import Request
 from skingpt.model.modeling import load_model
 from skingpt.model.native import NativeVLM
 from skingpt.model.tokenizer import build_tiny_tokenizer
@@ -186,6 +187,26 @@ def test_native_answer_is_seeded_bounded_and_keeps_history(
     )
     assert prompt.index("What is this?") < prompt.index("A red patch.")
     assert prompt.index("A red patch.") < prompt.index("Is it contagious?")
+
+
+def test_native_answer_many_answers_in_order_one_after_another(
+    native_folder: Path, sample_photos: list[Path]
+) -> None:
+    model = load_model(Settings.from_env({}, weights=str(native_folder), torch_threads=1))
+    photos = [load_image(path.read_bytes(), max_pixels=10**8) for path in sample_photos[:2]]
+    greedy = GenerationSettings(max_new_tokens=24, do_sample=False)
+    sampling = GenerationSettings(max_new_tokens=16)
+    requests = [
+        Request(photos[0], [], "What is this?", greedy),
+        Request(photos[1], [Turn("Is it bad?", "No.")], "Sure?", sampling, seed=5),
+    ]
+    answers = model.answer_many(requests)
+    for request, generated in zip(requests, answers, strict=True):
+        alone = model.answer(
+            request.image, request.history, request.question, request.generation, seed=request.seed
+        )
+        assert (generated.text, generated.new_tokens) == (alone.text, alone.new_tokens)
+    assert answers[0].prompt_positions < answers[1].prompt_positions
 
 
 def test_native_history_is_cut_oldest_first_keeping_the_image(
